@@ -1,0 +1,62 @@
+"""Engine configuration: action weights, time decay, confidence transform, time zone.
+
+Values come from (highest first) explicit arguments, ``RECSYS_*`` environment variables
+(``RECSYS_ACTION_WEIGHTS='{"reserve": 6}'``), the ``[engine]`` table of a TOML config, then
+the defaults below. Action weights are configuration, never code.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from recsys.contract import ACTIONS
+
+DEFAULT_ACTION_WEIGHTS: dict[str, float] = {
+    "view": 1.0, "click": 1.0, "favorite": 3.0, "share": 3.0, "reserve": 5.0, "attend": 8.0,
+}
+
+
+class EngineSettings(BaseSettings):
+    """How raw interactions become confidence, shared by training, serving and reports."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", extra="ignore")
+
+    action_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS))
+    rate_weight_per_star: float = Field(1.0, ge=0, description="weight of `rate` = value x this")
+    half_life_days: float = Field(30.0, gt=0, description="age at which an event's weight halves")
+    confidence: Literal["log", "linear", "bm25"] = "log"
+    alpha: float = Field(2.0, gt=0, description="confidence = 1 + alpha * log1p(w) (log transform)")
+    timezone: str = "Asia/Shanghai"
+
+    @field_validator("action_weights")
+    @classmethod
+    def _known_actions(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(weights) - set(ACTIONS))
+        if unknown:
+            raise ValueError(f"unknown actions in action_weights: {unknown}")
+        if any(w < 0 for w in weights.values()):
+            raise ValueError("action weights must be >= 0")
+        merged = dict(DEFAULT_ACTION_WEIGHTS)
+        merged.update(weights)
+        return merged
+
+    def weight_of(self, action: str, value: float | None = None) -> float:
+        """The weight of one interaction (``rate`` scales with its value)."""
+        if action == "rate":
+            return (value or 0.0) * self.rate_weight_per_star
+        return self.action_weights.get(action, 0.0)
+
+    @classmethod
+    def from_toml(cls, path: str | Path | None, **overrides: Any) -> EngineSettings:
+        """Settings from the ``[engine]`` table of a TOML file (if given) plus overrides."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            with open(path, "rb") as fh:
+                values.update(tomllib.load(fh).get("engine", {}))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

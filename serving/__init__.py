@@ -1,0 +1,1 @@
+"""The recommendation API: FastAPI app serving the champion model to cultural-cloud apps."""

@@ -1,0 +1,44 @@
+"""The ``recsys`` command line: one Typer app, each verb group in its own module."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+import typer
+
+app = typer.Typer(
+    name="recsys",
+    help="Public cultural-resource recommendation engine: ingest, train, serve, report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each module adds its verbs to ``app`` through ``register(app)``.
+_VERB_MODULES = ("store_cmds", "demo_cmd", "train_cmds", "report_cmd", "serve_cmds", "quickstart_cmd")
+
+
+def _register_all() -> None:
+    for name in _VERB_MODULES:
+        module = importlib.import_module(f"{__name__}.{name}")
+        module.register(app)
+
+
+@app.callback()
+def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # MLflow phones home unless told not to; the engine must work offline.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+_register_all()
+
+
+def main() -> None:
+    app()
