@@ -112,8 +112,9 @@ def parse_timestamp(value: Any, default_tz: str = "Asia/Shanghai") -> datetime |
         if not text:
             return None
         try:
-            return parse_timestamp(float(text), default_tz) if _looks_numeric(text) else None
-        except ValueError:
+            if _looks_numeric(text):
+                return parse_timestamp(float(text), default_tz)
+        except ValueError:  # epoch before year 1: not a time either way
             pass
         try:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -1,0 +1,53 @@
+"""Clean events and their weights: the first stage of every training and report job.
+
+clean: drop interactions on hidden items and exact duplicates;
+weight: the configured action weight (``rate``: value x rate_weight_per_star);
+decay: weight · 0.5^(age / half_life), age measured back from a reference time, so last
+week's reservation counts more than one from two months ago.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+from recsys.settings import EngineSettings
+
+
+def clean_events(interactions: pl.LazyFrame, items: pl.LazyFrame) -> pl.LazyFrame:
+    """Interactions on visible catalog items, exact duplicates removed."""
+    visible = items.filter(~pl.col("hidden").fill_null(False)).select("item_id")
+    return interactions.unique(maintain_order=True).join(visible, on="item_id", how="semi")
+
+
+def action_weight(settings: EngineSettings) -> pl.Expr:
+    """The weight of each interaction from the configured action weights."""
+    weights = pl.col("action").replace_strict(settings.action_weights, default=0.0, return_dtype=pl.Float64)
+    rated = pl.col("value").fill_null(0.0) * settings.rate_weight_per_star
+    return pl.when(pl.col("action") == "rate").then(rated).otherwise(weights).alias("weight")
+
+
+def decayed_weight(reference: datetime, half_life_days: float) -> pl.Expr:
+    """``weight · 0.5^(age_days / half_life)``; events after the reference are not boosted."""
+    age_days = (pl.lit(reference, dtype=pl.Datetime("us", "UTC")) - pl.col("ts")).dt.total_seconds() / 86_400.0
+    return (pl.col("weight") * pl.lit(0.5).pow(age_days.clip(lower_bound=0.0) / half_life_days)).alias("weight")
+
+
+def weighted_pairs(events: pl.LazyFrame, settings: EngineSettings, reference: datetime) -> pl.LazyFrame:
+    """One row per (user_id, item_id): summed decayed weight and first/last time."""
+    return (
+        events.with_columns(action_weight(settings))
+        .with_columns(decayed_weight(reference, settings.half_life_days))
+        .group_by("user_id", "item_id")
+        .agg(pl.col("weight").sum(), pl.col("ts").min().alias("first_ts"), pl.col("ts").max().alias("last_ts"))
+        .filter(pl.col("weight") > 0)
+    )
+
+
+def positive_events(events: pl.LazyFrame, positive_actions: frozenset[str], high_rating: float) -> pl.LazyFrame:
+    """Events that count as a positive outcome (evaluation truth)."""
+    return events.filter(
+        pl.col("action").is_in(sorted(positive_actions))
+        | ((pl.col("action") == "rate") & (pl.col("value") >= high_rating))
+    )

@@ -1,0 +1,103 @@
+"""The model artifact: everything a server or batch job needs, as one directory.
+
+    manifest.json   format version, model name and params, engine settings, data window,
+                    trained_at, metrics, shapes
+    model/          model.npz + model.json (see recsys.models)
+    catalog/        catalog.npz + catalog.json
+    users/          users.npz + users.json
+    weights.npz     decayed user x item weights at the end of the data (histories)
+
+No pickle anywhere: npz loads with ``allow_pickle=False`` and JSON. Loading validates
+shapes and the format version, so a truncated or foreign artifact is refused with a
+:class:`BundleError` instead of serving nonsense.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys import models
+from recsys.catalog import Catalog
+from recsys.models.base import Recommender, csr_arrays, csr_from
+from recsys.settings import EngineSettings
+from recsys.users import UserTable
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class BundleError(ValueError):
+    """An artifact directory that cannot be served."""
+
+
+@dataclass(eq=False)
+class ModelBundle:
+    model: Recommender
+    catalog: Catalog
+    users: UserTable
+    weights: sp.csr_matrix
+    settings: EngineSettings
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        expected = (len(self.users), len(self.catalog))
+        if self.weights.shape != expected:
+            raise BundleError(f"weights shape {self.weights.shape} does not match users x items {expected}")
+
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save(directory / "model")
+        self.catalog.save(directory / "catalog")
+        self.users.save(directory / "users")
+        np.savez_compressed(directory / "weights.npz", **csr_arrays("weights", self.weights))
+        manifest = {
+            **self.manifest,
+            "format_version": FORMAT_VERSION,
+            "model": self.model.name,
+            "params": self.model.config.model_dump(),
+            "settings": self.settings.model_dump(),
+            "n_users": len(self.users),
+            "n_items": len(self.catalog),
+        }
+        (directory / "manifest.json").write_text(
+            json.dumps(manifest, ensure_ascii=False, indent=2, default=str), encoding="utf-8"
+        )
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> ModelBundle:
+        directory = Path(directory)
+        try:
+            manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+            if manifest.get("format_version") != FORMAT_VERSION:
+                raise BundleError(f"unsupported artifact format {manifest.get('format_version')!r}")
+            model = models.load(directory / "model")
+            catalog = Catalog.load(directory / "catalog")
+            users = UserTable.load(directory / "users")
+            with np.load(directory / "weights.npz", allow_pickle=False) as stored:
+                weights = csr_from("weights", {k: stored[k] for k in stored.files})
+            settings = EngineSettings(**manifest.get("settings", {}))
+        except BundleError:
+            raise
+        except Exception as exc:  # any corruption: missing file, bad zip, bad JSON, wrong keys
+            raise BundleError(f"cannot load model artifact at {directory}: {exc}") from exc
+        if (manifest.get("n_users"), manifest.get("n_items")) != (len(users), len(catalog)):
+            raise BundleError(f"artifact at {directory} is inconsistent with its manifest")
+        bundle = cls(model, catalog, users, weights, settings, manifest)
+        bundle.smoke_test()
+        return bundle
+
+    def smoke_test(self) -> None:
+        """Score one user end to end; refuse an artifact whose model cannot."""
+        row = self.weights[:1] if self.weights.shape[0] else sp.csr_matrix((1, len(self.catalog)))
+        scores = self.model.score(np.array([0 if self.weights.shape[0] else -1]), row)
+        if scores.shape != (1, len(self.catalog)) or np.isnan(scores).any():
+            raise BundleError("model produced malformed scores in the load check")

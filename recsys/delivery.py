@@ -1,0 +1,264 @@
+"""Precise delivery: the business rules every recommendation list obeys.
+
+Used by the API and by batch ``recsys recommend`` alike, so the rules hold everywhere:
+
+- never an item the user already engaged with (any interaction in their history, live
+  ones included), never a hidden item, never an item whose ``ends_at`` is before ``at``;
+  events far in the future are allowed;
+- with a place and radius: offline items beyond the radius are dropped, items without a
+  place (digital) stay unless ``kind`` excludes them;
+- a user the model cannot personalise gets segment popularity (region x age band from the
+  users table), else region popularity (if a region is given), else global popularity,
+  and the list says which fallback it is;
+- optional MMR diversity over categories, and a short plain-language reason per item.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.bundle import ModelBundle
+from recsys.confidence import to_confidence
+from recsys.models.popularity import PopularityModel
+from recsys.ranking import mmr, top_k, top_k_batch
+from recsys.reasons import Reasons
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_FACTOR = 5
+"""MMR re-ranks this many times ``n`` top candidates."""
+
+AVAILABILITY_BUCKET_SECONDS = 60
+"""Availability masks are cached per minute: ``ends_at`` granularity needs no finer."""
+
+
+class UnknownItem(KeyError):
+    """An item id the catalog does not hold."""
+
+
+class UnknownRegion(KeyError):
+    """A region with neither users nor items."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    at: float
+    """Request time, epoch seconds."""
+    kind: str | None = None
+    category: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    radius_km: float | None = None
+
+
+@dataclass(frozen=True)
+class Recommended:
+    item: int
+    item_id: str
+    score: float
+    reason: str
+
+
+@dataclass
+class RecommendationList:
+    items: list[Recommended]
+    fallback: str | None = None
+
+
+@dataclass
+class UserContext:
+    """What the caller knows about a user beyond the model: live interactions and a profile."""
+
+    live_weights: Mapping[int, float] = field(default_factory=dict)
+    region: str | None = None
+    age_band: str | None = None
+
+
+class DeliveryEngine:
+    """Scores, filters, diversifies and explains, over one loaded :class:`ModelBundle`."""
+
+    def __init__(self, bundle: ModelBundle, lang: str = "zh") -> None:
+        self.bundle = bundle
+        self.catalog = bundle.catalog
+        self.users = bundle.users
+        self.model = bundle.model
+        self.popularity = _popularity_of(bundle)
+        self.reasons = Reasons(bundle, lang)
+        self._availability: dict[int, np.ndarray] = {}
+        self._region_pools: dict[tuple[str, str | None], sp.csr_matrix] = {}
+        self._known_users = np.diff(bundle.weights.indptr) > 0
+
+    # ---- masks -----------------------------------------------------------------------
+    def available(self, at: float) -> np.ndarray:
+        """Not hidden and not ended at ``at`` (cached per minute; the catalog is immutable)."""
+        bucket = int(at // AVAILABILITY_BUCKET_SECONDS)
+        mask = self._availability.get(bucket)
+        if mask is None:
+            if len(self._availability) > 256:
+                self._availability.clear()
+            mask = self.catalog.available_at(bucket * AVAILABILITY_BUCKET_SECONDS)
+            self._availability[bucket] = mask
+        return mask
+
+    def allowed(self, filters: Filters) -> np.ndarray:
+        mask = self.available(filters.at).copy()
+        if filters.kind:
+            mask &= self.catalog.kind_is(filters.kind)
+        if filters.category:
+            mask &= self.catalog.category_is(filters.category)
+        if filters.lat is not None and filters.lon is not None and filters.radius_km is not None:
+            mask &= self.catalog.within_radius(filters.lat, filters.lon, filters.radius_km)
+        return mask
+
+    # ---- histories -------------------------------------------------------------------
+    def history(self, user_id: str, context: UserContext | None = None) -> tuple[int, sp.csr_matrix]:
+        """The user's row index (-1 if not in training) and weights incl. live ones (1 x items)."""
+        index = self.users.users.index_of(user_id)
+        row = self.bundle.weights[index] if index >= 0 else sp.csr_matrix((1, len(self.catalog)), dtype=np.float32)
+        live = dict(context.live_weights) if context else {}
+        if live:
+            extra = sp.csr_matrix(
+                (np.fromiter(live.values(), np.float32), (np.zeros(len(live), int), np.fromiter(live, int))),
+                shape=row.shape,
+            )
+            row = (row + extra).tocsr()
+        return index, row
+
+    def confidence(self, weights: sp.csr_matrix) -> sp.csr_matrix:
+        s = self.bundle.settings
+        return to_confidence(weights, s.confidence, s.alpha)
+
+    # ---- per user --------------------------------------------------------------------
+    def for_user(self, user_id: str, n: int, filters: Filters, *, diversity: float = 0.2,
+                 context: UserContext | None = None, region: str | None = None) -> RecommendationList:
+        index, weights = self.history(user_id, context)
+        allowed = self.allowed(filters)
+        allowed[weights.indices] = False
+        if weights.nnz == 0:
+            return self._fallback_for(index, n, allowed, filters, context, region)
+        live = bool(context and context.live_weights)
+        model_row = -1 if (live or index < 0) else index  # fold in whenever the history changed
+        scores = self.model.score(np.array([model_row]), self.confidence(weights))[0]
+        chosen = self._select(scores, n, allowed, diversity)
+        if len(chosen) < n:  # a pure CF model may score few items; top up with popularity
+            rest = allowed.copy()
+            rest[chosen] = False
+            chosen = np.concatenate([chosen, top_k(self.popularity.global_scores(), n - len(chosen), rest)])
+        reasons = self.reasons.personal(chosen, weights, filters)
+        return RecommendationList(self._items(chosen, scores, reasons))
+
+    def _fallback_for(self, index: int, n: int, allowed: np.ndarray, filters: Filters,
+                      context: UserContext | None, region: str | None) -> RecommendationList:
+        profile_region, profile_age = (context.region, context.age_band) if context else (None, None)
+        if index >= 0:
+            r, a = self.users.region[index], self.users.age[index]
+            profile_region = self.users.regions[r] if r >= 0 else profile_region
+            profile_age = self.users.ages[a] if a >= 0 else profile_age
+        options = [
+            ("segment_popularity", self.popularity.segment_scores(profile_region, profile_age)),
+            ("region_popularity", self.popularity.region_scores(region or profile_region)),
+            ("popularity", self.popularity.global_scores()),
+        ]
+        label, scores = next((name, s) for name, s in options if s is not None)
+        chosen = top_k(scores, n, allowed)
+        reasons = self.reasons.fallback(chosen, label, filters)
+        return RecommendationList(self._items(chosen, scores, reasons), fallback=label)
+
+    def _select(self, scores: np.ndarray, n: int, allowed: np.ndarray, diversity: float) -> np.ndarray:
+        candidates = top_k(scores, n * CANDIDATE_FACTOR if diversity > 0 else n, allowed)
+        return mmr(candidates, scores, self.catalog.category, n, diversity)
+
+    def _items(self, chosen: np.ndarray, scores: np.ndarray, reasons: list[str]) -> list[Recommended]:
+        ids = self.catalog.items.ids_of(chosen)
+        return [
+            Recommended(int(i), item_id, float(scores[i]) if np.isfinite(scores[i]) else 0.0, reason)
+            for i, item_id, reason in zip(chosen, ids, reasons, strict=True)
+        ]
+
+    # ---- per region ------------------------------------------------------------------
+    def for_region(self, region: str, n: int, filters: Filters, *, age_band: str | None = None,
+                   diversity: float = 0.2) -> RecommendationList:
+        """A district's pooled taste (its users' histories, each normalised) plus its popularity."""
+        if region not in self.users.regions and region not in self.catalog.regions:
+            raise UnknownRegion(region)
+        allowed = self.allowed(filters)
+        popular = self.popularity.segment_scores(region, age_band) if age_band else None
+        popular = popular if popular is not None else self.popularity.region_scores(region)
+        pooled = self._region_pool(region, age_band)
+        if pooled.nnz == 0 or popular is None:
+            return self._fallback_for(-1, n, allowed, filters, UserContext(region=region, age_band=age_band), region)
+        taste = self.model.score(np.array([-1]), self.confidence(pooled))[0]
+        scores = 0.5 * _unit(taste) + 0.5 * _unit(popular)
+        chosen = self._select(scores, n, allowed, diversity)
+        return RecommendationList(self._items(chosen, scores, self.reasons.regional(chosen, filters)))
+
+    def _region_pool(self, region: str, age_band: str | None) -> sp.csr_matrix:
+        key = (region, age_band)
+        if key not in self._region_pools:
+            members = self.users.region == self.users.region_code_of(region)
+            if age_band:
+                members &= self.users.age == self.users.age_code_of(age_band)
+            rows = self.bundle.weights[np.flatnonzero(members & self._known_users)]
+            totals = np.asarray(rows.sum(axis=1)).ravel()
+            scale = np.divide(1.0, totals, out=np.zeros_like(totals), where=totals > 0)
+            # each member counts once; rescale so the pool looks like one very active user
+            pooled = sp.csr_matrix((sp.diags(scale) @ rows).sum(axis=0)) * 10.0
+            self._region_pools[key] = sp.csr_matrix(pooled, dtype=np.float32)
+        return self._region_pools[key]
+
+    # ---- items -----------------------------------------------------------------------
+    def similar(self, item_id: str, n: int, filters: Filters) -> RecommendationList:
+        index = self.catalog.items.index_of(item_id)
+        if index < 0:
+            raise UnknownItem(item_id)
+        similarity = self.model.item_similarity(index)
+        if similarity is None:
+            similarity = self.reasons.content_similarity(index)
+        allowed = self.allowed(filters)
+        allowed[index] = False
+        chosen = top_k(similarity, n, allowed & (similarity > 0))
+        return RecommendationList(self._items(chosen, similarity, self.reasons.similar(chosen, index, filters)))
+
+    # ---- batch -----------------------------------------------------------------------
+    def top_n_for_rows(self, rows: np.ndarray, n: int, at: float, batch_size: int = 1024) -> np.ndarray:
+        """Top-n item indices for many training-axis users (no diversity), padded with -1.
+
+        Users without history get their segment popularity; histories are excluded.
+        """
+        out = np.full((len(rows), n), -1, dtype=np.int64)
+        allowed = self.available(at)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            weights = self.bundle.weights[chunk]
+            scores = self.model.score(chunk, self.confidence(weights))
+            cold = np.flatnonzero(np.diff(weights.indptr) == 0)
+            if len(cold):
+                scores[cold] = PopularityModel.score(self.popularity, chunk[cold], weights[cold])
+            out[start:start + len(chunk)] = top_k_batch(scores, n, allowed, exclude=weights)
+        return out
+
+
+def _popularity_of(bundle: ModelBundle) -> PopularityModel:
+    """The bundle's popularity component (hybrid has one; others get one from the weights)."""
+    inner = getattr(bundle.model, "popularity", None)
+    if isinstance(inner, PopularityModel):
+        return inner
+    if isinstance(bundle.model, PopularityModel):
+        return bundle.model
+    from recsys.models.base import TrainingData
+
+    data = TrainingData(bundle.weights, bundle.weights, bundle.catalog, bundle.users)
+    return PopularityModel().fit(data)
+
+
+def _unit(scores: np.ndarray) -> np.ndarray:
+    finite = np.where(np.isfinite(scores), scores, np.nan)
+    low, high = np.nanmin(finite), np.nanmax(finite)
+    if not np.isfinite(low) or high <= low:
+        return np.zeros_like(scores, dtype=np.float32)
+    return np.nan_to_num((finite - low) / (high - low), nan=0.0).astype(np.float32)

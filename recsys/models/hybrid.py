@@ -1,0 +1,110 @@
+"""The default model for the cultural cloud: collaborative + content + segment popularity.
+
+    score(u, i) = w_cf · cf(u, i) / max_j cf(u, j)
+                + w_content · cos(profile(u), f(i))
+                + w_pop · pop_seg(u)(i) / max_j pop_seg(u)(j)
+
+``cf`` is ALS; ``f(i)`` the item's L2-normalised facets (category, kind, tags, region);
+``profile(u)`` the confidence-weighted sum of the facets of the user's history. An event
+announced yesterday has no interactions, so ALS cannot score it, but its facets can match
+a user's taste: that is how new events reach people ("你关注的类别有新活动").
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import Field
+
+from recsys.models.als import ALSConfig, ALSModel
+from recsys.models.base import ModelConfig, Recommender, TrainingData, csr_arrays, csr_from
+from recsys.models.popularity import PopularityConfig, PopularityModel
+
+
+class HybridConfig(ModelConfig):
+    als: ALSConfig = ALSConfig()
+    popularity: PopularityConfig = PopularityConfig()
+    cf_weight: float = Field(1.0, ge=0)
+    content_weight: float = Field(0.3, ge=0)
+    popularity_weight: float = Field(0.2, ge=0)
+    facet_weights: dict[str, float] = Field(
+        default_factory=lambda: {"category": 1.0, "kind": 0.5, "tags": 0.7, "region": 0.6}
+    )
+
+
+class HybridModel(Recommender):
+    name = "hybrid"
+    Config = HybridConfig
+    config: HybridConfig
+
+    def fit(self, data: TrainingData) -> Self:
+        self.cf = ALSModel(self.config.als).fit(data)
+        return self._fit_rest(data)
+
+    def refit(self, data: TrainingData) -> Self:
+        self.cf = self.cf.refit(data) if self._fitted else ALSModel(self.config.als).fit(data)
+        return self._fit_rest(data)
+
+    def _fit_rest(self, data: TrainingData) -> Self:
+        self.popularity = PopularityModel(self.config.popularity).fit(data)
+        self.facets = data.catalog.feature_matrix(self.config.facet_weights)
+        self._fitted = True
+        return self
+
+    # ---- scoring ---------------------------------------------------------------------
+    def components(self, users: np.ndarray, history: sp.csr_matrix) -> dict[str, np.ndarray]:
+        """The three normalised parts, each (len(users), n_items); used to explain a score."""
+        cf = self.cf.score(users, history)
+        cf = np.where(np.isfinite(cf), cf, 0.0)
+        return {
+            "cf": _row_max_normalised(cf),
+            "content": self.content_scores(history),
+            "popularity": _row_max_normalised(self.popularity.score(users, history)),
+        }
+
+    def content_scores(self, history: sp.csr_matrix) -> np.ndarray:
+        profile = np.asarray((history.astype(np.float32) @ self.facets).todense())
+        norms = np.linalg.norm(profile, axis=1, keepdims=True)
+        profile = np.divide(profile, norms, out=np.zeros_like(profile), where=norms > 0)
+        return np.asarray(self.facets @ profile.T, dtype=np.float32).T
+
+    def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
+        self._require_fitted()
+        users = self.check_rows(users, history)
+        parts = self.components(users, history)
+        cfg = self.config
+        combined = (cfg.cf_weight * parts["cf"] + cfg.content_weight * parts["content"]
+                    + cfg.popularity_weight * parts["popularity"])
+        return combined.astype(np.float32, copy=False)
+
+    def item_similarity(self, item: int) -> np.ndarray | None:
+        content = np.asarray((self.facets @ self.facets[item].T).todense()).ravel().astype(np.float32)
+        collaborative = self.cf.item_similarity(item)
+        if collaborative is None:
+            return content
+        return 0.7 * collaborative + 0.3 * content
+
+    # ---- persistence -----------------------------------------------------------------
+    def _arrays(self) -> dict[str, np.ndarray]:
+        arrays = {f"cf.{k}": v for k, v in self.cf._arrays().items()}
+        arrays.update({f"pop.{k}": v for k, v in self.popularity._arrays().items()})
+        arrays.update(csr_arrays("facets", self.facets))
+        return arrays
+
+    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
+        self.cf = ALSModel(self.config.als)
+        self.cf._restore({k[3:]: v for k, v in arrays.items() if k.startswith("cf.")})
+        self.cf._fitted = True
+        self.popularity = PopularityModel(self.config.popularity)
+        self.popularity._restore({k[4:]: v for k, v in arrays.items() if k.startswith("pop.")})
+        self.popularity._fitted = True
+        self.facets = csr_from("facets", arrays)
+
+
+def _row_max_normalised(scores: np.ndarray) -> np.ndarray:
+    peak = scores.max(axis=1, keepdims=True)
+    return np.divide(scores, peak, out=np.zeros_like(scores), where=peak > 0).astype(np.float32)
+
+
