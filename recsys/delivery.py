@@ -225,12 +225,16 @@ class DeliveryEngine:
         return RecommendationList(self._items(chosen, similarity, self.reasons.similar(chosen, index, filters)))
 
     # ---- batch -----------------------------------------------------------------------
-    def top_n_for_rows(self, rows: np.ndarray, n: int, at: float, batch_size: int = 1024) -> np.ndarray:
-        """Top-n item indices for many training-axis users (no diversity), padded with -1.
+    def top_n_for_rows(self, rows: np.ndarray, n: int, at: float,
+                       batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n item indices and scores for many training-axis users (no diversity).
 
-        Users without history get their segment popularity; histories are excluded.
+        Indices are padded with -1 (scores with nan). Users without history get their
+        segment popularity; every user's history is excluded.
         """
-        out = np.full((len(rows), n), -1, dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
+        items = np.full((len(rows), n), -1, dtype=np.int64)
+        values = np.full((len(rows), n), np.nan, dtype=np.float32)
         allowed = self.available(at)
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
@@ -239,8 +243,12 @@ class DeliveryEngine:
             cold = np.flatnonzero(np.diff(weights.indptr) == 0)
             if len(cold):
                 scores[cold] = PopularityModel.score(self.popularity, chunk[cold], weights[cold])
-            out[start:start + len(chunk)] = top_k_batch(scores, n, allowed, exclude=weights)
-        return out
+            best = top_k_batch(scores, n, allowed, exclude=weights)
+            filled = best >= 0
+            picked = np.take_along_axis(scores, np.where(filled, best, 0), axis=1)
+            items[start:start + len(chunk)] = best
+            values[start:start + len(chunk)] = np.where(filled, picked, np.nan)
+        return items, values
 
 
 def _popularity_of(bundle: ModelBundle) -> PopularityModel:

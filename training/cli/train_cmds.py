@@ -1,9 +1,144 @@
-"""Verbs of the `recsys` command line (train_cmds)."""
+"""``recsys train``, ``promote``, ``rollback``, ``models`` and ``recommend``."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from recsys.contract import parse_timestamp
+from training.cli.common import HomeOption, JsonOption, emit, fail, home_of, user_errors
+
+out = Console()
+
+
+class ModelName(StrEnum):
+    hybrid = "hybrid"
+    als = "als"
+    bpr = "bpr"
+    itemknn = "itemknn"
+    popularity = "popularity"
+    ease = "ease"
+
+
+def train_cmd(
+    model: Annotated[ModelName | None, typer.Option("--model", help="Model (default: config, else hybrid)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML config (experiments/configs/*.toml)")] = None,
+    test_days: Annotated[float, typer.Option("--test-days", min=0.5, help="Days after the cutoff used as test")] = 7,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    no_promote: Annotated[bool, typer.Option("--no-promote", help="Register only; never move champion")] = False,
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0, max=1, help="Allowed NDCG@10 drop")] = 0.02,
+    rural_floor: Annotated[float, typer.Option("--rural-floor", min=0, help="Min rural/urban NDCG ratio")] = 0.8,
+    report: Annotated[bool, typer.Option("--report", help="Also write the planner report and log it")] = False,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Fit, evaluate on a time split, refit on all data, register, and gate promotion."""
+    from training.config import load_config
+    from training.train import TrainOptions, train
+
+    with user_errors():
+        cfg = load_config(config, model.value if model else None)
+        options = TrainOptions(config=cfg, test_days=test_days, seed=seed, promote=not no_promote,
+                               tolerance=tolerance, rural_floor=rural_floor, report=report)
+        with Console(stderr=True).status("training") as status:
+            result = train(home_of(home), options, progress=lambda step: status.update(f"[bold]{step}"))
+    emit(result.to_dict(), as_json, _render_train)
+
+
+def _render_train(summary: dict[str, Any]) -> None:
+    table = Table(title=f"recsys train: {summary['model']} -> version {summary['version']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary["key_metrics"].items():
+        table.add_row(key, "-" if value is None else f"{value:.4f}")
+    table.add_row("popularity ndcg@10", f"{summary['baseline_ndcg@10']:.4f}")
+    lift = summary.get("lift_over_popularity")
+    table.add_row("lift over popularity", "-" if lift is None else f"{lift:.2f}x")
+    out.print(table)
+    verdict = "[green]promoted to champion[/green]" if summary["promoted"] else "[yellow]not promoted[/yellow]"
+    out.print(f"{verdict} (champion: {summary['champion']}); " + "; ".join(summary["gate"]["reasons"]))
+    out.print(f"run {summary['run_id']} in {summary['seconds']} s")
+
+
+def promote_cmd(version: Annotated[str, typer.Option("--version", help="Version to make champion")],
+                home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Make a registered version the champion (bypasses the gate; recorded for rollback)."""
+    from training import registry
+
+    with user_errors():
+        client = registry.connect(home_of(home))
+        previous = registry.promote(client, version)
+    emit({"champion": version, "previous": previous}, as_json)
+
+
+def rollback_cmd(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Move champion back to the previous champion."""
+    from training import registry
+
+    with user_errors():
+        client = registry.connect(home_of(home))
+        was, now = registry.rollback(client)
+    emit({"champion": now, "previous": was}, as_json)
+
+
+def models_cmd(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """List registered versions, their aliases and key metrics."""
+    from training import registry
+
+    client = registry.connect(home_of(home))
+    rows = [v.to_dict() for v in registry.versions(client)]
+    if as_json:
+        emit({"versions": rows}, True)
+        return
+    table = Table(title="cultural-recsys versions")
+    for column in ("version", "aliases", "model", "ndcg@10", "rural/urban", "created"):
+        table.add_column(column)
+    for row in rows:
+        tags = row["tags"]
+        created = datetime.fromtimestamp(row["created"] / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+        table.add_row(row["version"], ",".join(row["aliases"]), tags.get("model", ""),
+                      tags.get("ndcg_at_10", "")[:6], tags.get("rural_urban_ndcg_ratio", "")[:5], created)
+    out.print(table)
+
+
+def recommend_cmd(
+    out_file: Annotated[Path, typer.Option("--out", help="Output .csv or .parquet")],
+    users: Annotated[Path | None, typer.Option("--users", help="CSV/Parquet with a user_id column")] = None,
+    all_users: Annotated[bool, typer.Option("--all", help="Every user the model knows")] = False,
+    n: Annotated[int, typer.Option("-n", "--n", min=1, max=1000)] = 10,
+    at: Annotated[str | None, typer.Option("--at", help="ISO-8601 time the list is for (default now)")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="Registered version (default champion)")] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Batch recommendations with the API's rules: columns user_id, rank, item_id, score."""
+    from training.batch import load_registered, read_user_ids, recommend_batch, write_output
+
+    if users is None and not all_users:
+        raise fail("give --users FILE or --all")
+    moment = parse_timestamp(at) if at else datetime.now(UTC)
+    if moment is None:
+        raise fail(f"--at: cannot read {at!r} as a time")
+    started = time.perf_counter()
+    with user_errors():
+        ids = read_user_ids(users) if users else None
+        used, bundle = load_registered(home_of(home), version)
+        frame = recommend_batch(bundle, ids, n, moment.timestamp())
+        write_output(frame, out_file)
+    emit({"version": used, "users": frame["user_id"].n_unique(), "rows": frame.height, "out": str(out_file),
+          "at": moment.isoformat(), "seconds": round(time.perf_counter() - started, 2)}, as_json)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's verbs to the app."""
+    app.command("train")(train_cmd)
+    app.command("promote")(promote_cmd)
+    app.command("rollback")(rollback_cmd)
+    app.command("models")(models_cmd)
+    app.command("recommend")(recommend_cmd)

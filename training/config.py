@@ -1,0 +1,72 @@
+"""Training configuration: which model, its hyperparameters, and the engine settings.
+
+Configs are TOML files (``experiments/configs/<model>.toml``)::
+
+    model = "hybrid"
+    [params]          # the model's typed config (see recsys.models)
+    [engine]          # EngineSettings: action weights, half-life, confidence transform
+
+The config hash identifies "the same recipe": the promotion gate uses it to know whether
+the champion must be refitted to be compared on a new test window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recsys import models
+from recsys.settings import EngineSettings
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str
+    params: dict[str, Any] = field(default_factory=dict)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+
+    def __post_init__(self) -> None:
+        models.create(self.model, self.params)  # validate now: bad params fail before any work
+
+    @property
+    def resolved_params(self) -> dict[str, Any]:
+        """Params with every default filled in (what the model actually used)."""
+        return models.create(self.model, self.params).config.model_dump()
+
+    def config_hash(self) -> str:
+        recipe = {"model": self.model, "params": self.resolved_params, "engine": self.engine.model_dump()}
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "params": self.resolved_params, "engine": self.engine.model_dump()}
+
+
+def load_config(path: Path | None = None, model: str | None = None) -> TrainConfig:
+    """The config at ``path``; else the shipped config of ``model`` (default ``hybrid``)."""
+    if path is None:
+        name = model or "hybrid"
+        path = CONFIG_DIR / f"{name}.toml"
+        if not path.exists():
+            return TrainConfig(model=name)
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"cannot read config {path}: {exc}") from exc
+    chosen = model or raw.get("model", "hybrid")
+    if model and raw.get("model") not in (None, model):
+        raw_params: dict[str, Any] = {}  # the file's params belong to another model
+    else:
+        raw_params = raw.get("params", {})
+    return TrainConfig(model=chosen, params=raw_params, engine=EngineSettings(**raw.get("engine", {})))
+
+
+def config_from_dict(recipe: dict[str, Any]) -> TrainConfig:
+    return TrainConfig(model=recipe["model"], params=recipe.get("params", {}),
+                       engine=EngineSettings(**recipe.get("engine", {})))

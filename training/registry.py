@@ -1,0 +1,148 @@
+"""The MLflow side: tracking store, model registry, aliases and the champion history.
+
+Default store: ``sqlite:///$RECSYS_HOME/mlflow.db`` with artifacts under the home, so the
+engine runs offline with no server; ``MLFLOW_TRACKING_URI`` points it elsewhere. Every
+trained model is registered as a version of ``cultural-recsys`` with alias ``candidate``;
+``champion`` is what the API serves. The registered model's tag ``champion_history`` keeps
+the previous champions so ``recsys rollback`` can step back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from recsys.home import EXPERIMENT, REGISTERED_MODEL, EngineHome
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CANDIDATE = "candidate"
+HISTORY_TAG = "champion_history"
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+
+
+def connect(home: EngineHome) -> MlflowClient:
+    """Point MLflow at the home's store (creating the experiment once) and return a client."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    home.root.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(home.tracking_uri())
+    mlflow.set_registry_uri(home.tracking_uri())
+    client = MlflowClient()
+    if client.get_experiment_by_name(EXPERIMENT) is None:
+        location = home.mlflow_artifacts.as_uri() if home.tracking_uri().startswith("sqlite:") else None
+        client.create_experiment(EXPERIMENT, artifact_location=location)
+    mlflow.set_experiment(EXPERIMENT)
+    return client
+
+
+@dataclass
+class VersionInfo:
+    version: str
+    aliases: list[str]
+    run_id: str | None
+    tags: dict[str, str]
+    created: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "aliases": self.aliases, "run_id": self.run_id,
+                "tags": self.tags, "created": self.created}
+
+
+def log_bundle(bundle_dir: Path) -> str:
+    """Log the bundle as a pyfunc model in the active run; returns the model URI."""
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(PYFUNC_CODE),
+        artifacts={"bundle": str(bundle_dir)},
+        pip_requirements=["cultural-recsys"],
+    )
+    return info.model_uri
+
+
+def register(client: MlflowClient, model_uri: str, tags: dict[str, str]) -> str:
+    """Register a new version with the candidate alias; returns the version number."""
+    version = mlflow.register_model(model_uri, REGISTERED_MODEL, tags=tags)
+    client.set_registered_model_alias(REGISTERED_MODEL, CANDIDATE, version.version)
+    return str(version.version)
+
+
+def champion(client: MlflowClient) -> VersionInfo | None:
+    return _alias(client, CHAMPION)
+
+
+def _alias(client: MlflowClient, alias: str) -> VersionInfo | None:
+    try:
+        mv = client.get_model_version_by_alias(REGISTERED_MODEL, alias)
+    except MlflowException:
+        return None
+    return _info(mv)
+
+
+def _info(mv) -> VersionInfo:
+    return VersionInfo(str(mv.version), list(mv.aliases or []), mv.run_id, dict(mv.tags or {}),
+                       int(mv.creation_timestamp or 0))
+
+
+def versions(client: MlflowClient) -> list[VersionInfo]:
+    try:
+        found = client.search_model_versions(f"name='{REGISTERED_MODEL}'")
+    except MlflowException:
+        return []
+    return sorted((_info(mv) for mv in found), key=lambda v: int(v.version))
+
+
+def promote(client: MlflowClient, version: str) -> str | None:
+    """Move ``champion`` to ``version``; remember the previous champion. Returns it."""
+    try:
+        client.get_model_version(REGISTERED_MODEL, version)
+    except MlflowException as exc:
+        raise ValueError(f"no version {version} of {REGISTERED_MODEL}") from exc
+    previous = champion(client)
+    if previous is not None and previous.version == version:
+        return previous.version
+    history = _history(client)
+    if previous is not None:
+        history.append(previous.version)
+    client.set_registered_model_tag(REGISTERED_MODEL, HISTORY_TAG, json.dumps(history[-50:]))
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+    return previous.version if previous else None
+
+
+def rollback(client: MlflowClient) -> tuple[str, str]:
+    """Move ``champion`` back to the previous champion; returns (from, to)."""
+    current = champion(client)
+    history = _history(client)
+    if current is None or not history:
+        raise ValueError("nothing to roll back to: no previous champion recorded")
+    target = history.pop()
+    client.set_registered_model_tag(REGISTERED_MODEL, HISTORY_TAG, json.dumps(history))
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, target)
+    return current.version, target
+
+
+def _history(client: MlflowClient) -> list[str]:
+    try:
+        tags = client.get_registered_model(REGISTERED_MODEL).tags
+    except MlflowException:
+        return []
+    return list(json.loads(tags.get(HISTORY_TAG, "[]")))
+
+
+def download_bundle(client: MlflowClient, version: str, destination: Path | None = None) -> Path:
+    """Download a version's artifacts and return the bundle directory inside them."""
+    target = destination or Path(tempfile.mkdtemp(prefix="recsys-bundle-"))
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{REGISTERED_MODEL}/{version}", dst_path=str(target)))
+    manifests = sorted(local.rglob("manifest.json"))
+    if not manifests:
+        raise ValueError(f"version {version} has no model bundle in its artifacts")
+    return manifests[0].parent

@@ -1,0 +1,244 @@
+"""The weekly retrain: features -> fit -> evaluate -> refit -> MLflow -> register -> gate.
+
+The champion alias moves only at the very end, after every artifact is logged and the
+gate passed; any failure before that leaves the MLflow run FAILED and the champion where
+it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from features.dataset import Dataset, Split, load_dataset
+from recsys import models
+from recsys.bundle import ModelBundle
+from recsys.home import EngineHome
+from training import gate, registry
+from training.config import TrainConfig, config_from_dict
+from training.evaluate import Evaluation, evaluate
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+KEY_METRICS = ("ndcg@10", "recall@20", "coverage@10", "rural_urban_ndcg_ratio", "cold_recall@20")
+
+
+@dataclass
+class TrainOptions:
+    config: TrainConfig
+    test_days: float = 7.0
+    seed: int = 0
+    promote: bool = True
+    tolerance: float = 0.02
+    rural_floor: float = 0.8
+    report: bool = False
+
+
+@dataclass
+class TrainResult:
+    version: str | None
+    run_id: str
+    model: str
+    metrics: dict[str, float]
+    baseline: dict[str, float]
+    promoted: bool
+    gate: dict[str, Any]
+    champion: str | None
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+    report_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        key = {k: self.metrics.get(k) for k in KEY_METRICS}
+        return {
+            "version": self.version, "run_id": self.run_id, "model": self.model, "promoted": self.promoted,
+            "champion": self.champion, "gate": self.gate, "key_metrics": key,
+            "baseline_ndcg@10": self.baseline.get("ndcg@10"),
+            "lift_over_popularity": self.metrics.get("lift_over_popularity.ndcg@10"),
+            "seconds": round(self.seconds, 2), "timings": self.timings, "report_dir": self.report_dir,
+        }
+
+
+def train(home: EngineHome, options: TrainOptions, progress: Progress | None = None) -> TrainResult:
+    say = progress or (lambda step: log.info(step))
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def timed(step: str, fn: Callable[[], Any]) -> Any:
+        say(step)
+        t0 = time.perf_counter()
+        value = fn()
+        timings[step] = round(time.perf_counter() - t0, 3)
+        return value
+
+    cfg = options.config
+    timed("ingest pending API interactions", lambda: _ingest_incoming(home))
+    data: Dataset = timed("build features", lambda: load_dataset(home, cfg.engine, test_days=options.test_days,
+                                                                   seed=options.seed))
+    if data.split is None:
+        raise ValueError("a time split is required for training (test_days > 0)")
+    split = data.split
+    model = timed(f"fit {cfg.model} on train", lambda: models.create(cfg.model, cfg.params).fit(split.train))
+    evaluation: Evaluation = timed("evaluate", lambda: evaluate(model, split, cfg.engine))
+    baseline = timed("evaluate popularity baseline", lambda: _baseline(split, cfg))
+    metrics = dict(evaluation.metrics)
+    metrics.update(_lifts(metrics, baseline.metrics))
+    timed("refit on all data", lambda: model.refit(data.full))
+
+    client = registry.connect(home)
+    champion_before = registry.champion(client)
+    with mlflow.start_run(run_name=f"{cfg.model}-{datetime.now(UTC):%Y%m%dT%H%M%S}") as run:
+        _log_run(cfg, options, data, metrics, baseline, evaluation)
+        with tempfile.TemporaryDirectory(prefix="recsys-train-") as tmp:
+            bundle_dir = timed("save bundle", lambda: _save_bundle(model, data, cfg, metrics, split, Path(tmp)))
+            model_uri = timed("log model", lambda: registry.log_bundle(bundle_dir))
+        tags = {"config_hash": cfg.config_hash(), "ndcg_at_10": f"{evaluation.ndcg10:.6f}",
+                "rural_urban_ndcg_ratio": f"{evaluation.rural_urban_ratio:.6f}",
+                "test_cutoff": split.cutoff.isoformat(), "model": cfg.model}
+        version = timed("register candidate", lambda: registry.register(client, model_uri, tags))
+        champion_ndcg = timed("re-evaluate champion", lambda: _champion_ndcg(client, champion_before, cfg,
+                                                                             evaluation, split))
+        decision = gate.decide(evaluation.ndcg10, evaluation.rural_urban_ratio, champion_ndcg,
+                               tolerance=options.tolerance, rural_floor=options.rural_floor)
+        mlflow.log_dict(decision.to_dict(), "gate.json")
+        if champion_ndcg is not None:
+            mlflow.log_metric("champion_ndcg_at_10_same_window", champion_ndcg)
+        promoted = options.promote and decision.promote
+        if not options.promote:
+            decision.reasons.append("--no-promote given")
+        report_dir = None
+        if options.report:
+            report_dir = timed("planner report", lambda: _report(home, run.info.run_id))
+        if promoted:
+            registry.promote(client, version)
+        mlflow.set_tag("promoted", str(promoted).lower())
+    champion_now = registry.champion(client)
+    return TrainResult(
+        version=version, run_id=run.info.run_id, model=cfg.model, metrics=metrics, baseline=baseline.metrics,
+        promoted=promoted, gate=decision.to_dict(), champion=champion_now.version if champion_now else None,
+        seconds=time.perf_counter() - started, timings=timings, report_dir=report_dir,
+    )
+
+
+def _ingest_incoming(home: EngineHome) -> None:
+    """Fold the API's durable interaction segments into the store before reading it."""
+    try:
+        from features.ingest import ingest
+    except ImportError:  # pragma: no cover - ingest is part of the package
+        return
+    if home.incoming.exists():
+        ingest(home, include_incoming=True)
+
+
+def _baseline(split: Split, cfg: TrainConfig) -> Evaluation:
+    popularity = models.create("popularity").fit(split.train)
+    return evaluate(popularity, split, cfg.engine)
+
+
+def _lifts(metrics: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:
+    out = {}
+    for key in ("ndcg@10", "recall@20", "map@10"):
+        if baseline.get(key):
+            out[f"lift_over_popularity.{key}"] = metrics[key] / baseline[key]
+    return out
+
+
+def _champion_ndcg(client, champion: registry.VersionInfo | None, cfg: TrainConfig,
+                   evaluation: Evaluation, split: Split) -> float | None:
+    """The champion's NDCG@10 on this run's test window.
+
+    The champion's recipe is refitted on this run's train split and evaluated on the same
+    test window (its stored artifact has already seen that window, so scoring it directly
+    would flatter it). The same recipe with the same seed yields the same model, so its
+    score is the candidate's and no refit is needed.
+    """
+    if champion is None:
+        return None
+    if champion.tags.get("config_hash") == cfg.config_hash():
+        return evaluation.ndcg10
+    recipe = _recipe_of(client, champion)
+    if recipe is None:
+        log.warning("champion %s has no recipe; comparing with its recorded NDCG@10", champion.version)
+        recorded = champion.tags.get("ndcg_at_10")
+        return float(recorded) if recorded else None
+    champion_model = models.create(recipe.model, recipe.params).fit(split.train)
+    return evaluate(champion_model, split, recipe.engine).ndcg10
+
+
+def _recipe_of(client, champion: registry.VersionInfo) -> TrainConfig | None:
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path="config.json")
+        return config_from_dict(json.loads(Path(local).read_text(encoding="utf-8")))
+    except Exception as exc:  # a foreign or damaged champion must not block training
+        log.warning("cannot read champion %s config: %s", champion.version, exc)
+        return None
+
+
+def _log_run(cfg: TrainConfig, options: TrainOptions, data: Dataset, metrics: dict[str, float],
+             baseline: Evaluation, evaluation: Evaluation) -> None:
+    params = {"model": cfg.model, "test_days": options.test_days, "seed": options.seed,
+              "config_hash": cfg.config_hash(), "n_users": data.full.matrix.shape[0],
+              "n_items": data.full.matrix.shape[1], "n_events": data.n_events,
+              "data_end": str(data.data_end)}
+    params.update({f"params.{k}": v for k, v in _flat(cfg.resolved_params).items()})
+    params.update({f"engine.{k}": v for k, v in _flat(cfg.engine.model_dump()).items()})
+    mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+    mlflow.log_metrics(_mlflow_safe(metrics))
+    mlflow.log_metrics(_mlflow_safe({f"baseline.{k}": v for k, v in baseline.metrics.items()}))
+    mlflow.log_metric("eval_users", evaluation.n_users)
+    mlflow.log_dict(cfg.to_dict(), "config.json")
+    if evaluation.segments:
+        columns = list(evaluation.segments[0])
+        mlflow.log_table({c: [row[c] for row in evaluation.segments] for c in columns}, "evaluation/segments.json")
+
+
+def _save_bundle(model, data: Dataset, cfg: TrainConfig, metrics: dict[str, float], split: Split,
+                 directory: Path) -> Path:
+    manifest = {
+        "trained_at": datetime.now(UTC).isoformat(), "data_start": str(data.data_start),
+        "data_end": str(data.data_end), "test_cutoff": split.cutoff.isoformat(),
+        "config_hash": cfg.config_hash(), "metrics": {k: metrics.get(k) for k in KEY_METRICS},
+    }
+    bundle = ModelBundle(model, data.full.catalog, data.full.users, data.full.weights, cfg.engine, manifest)
+    return bundle.save(directory / "bundle")
+
+
+def _report(home: EngineHome, run_id: str) -> str | None:
+    from training import report
+
+    out = home.reports / "latest"
+    report.write_report(home, out, window_days=28, min_users=10, lang="zh")
+    report.log_report_to_mlflow(out, run_id=run_id)
+    return str(out)
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _mlflow_safe(metrics: dict[str, float]) -> dict[str, float]:
+    """MLflow metric keys allow a restricted alphabet; non-finite values are dropped."""
+    safe = {}
+    for key, value in metrics.items():
+        if value is None or not math.isfinite(float(value)):
+            continue
+        key = key.replace("@", "_at_")
+        safe["".join(ch if ch.isascii() and (ch.isalnum() or ch in "_-./ ") else "_" for ch in key)] = float(value)
+    return safe
