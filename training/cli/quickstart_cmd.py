@@ -1,9 +1,104 @@
-"""Verbs of the `recsys` command line (quickstart_cmd)."""
+"""``recsys quickstart``: the main job on the embedded default, from nothing to a running API.
+
+demo data -> validated ingest -> train + register + promote -> planner report -> API on
+127.0.0.1:8000. Everything lives in the engine home (local files + a SQLite MLflow store):
+no server to install.
+"""
 
 from __future__ import annotations
 
+import os
+import time
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+
+from training.cli.common import HomeOption, JsonOption, emit, home_of, user_errors
+
+err = Console(stderr=True)
+
+
+def quickstart_cmd(
+    users: Annotated[int, typer.Option("--users", min=100)] = 20_000,
+    items: Annotated[int, typer.Option("--items", min=50)] = 2_000,
+    days: Annotated[int, typer.Option("--days", min=14)] = 60,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    end_date: Annotated[str | None, typer.Option("--end-date", help="Last demo day (default today)")] = None,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="End by running the API")] = True,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Generate a demo cultural cloud, ingest it, train and promote a model, write the
+    planner report, then serve the API."""
+    from features.ingest import ingest
+    from features.synthetic import DemoConfig, generate, write_demo
+    from training import report
+    from training.config import load_config
+    from training.train import TrainOptions, train
+
+    engine_home = home_of(home)
+    os.environ["RECSYS_HOME"] = str(engine_home.root)
+    summary: dict[str, Any] = {"home": str(engine_home.root)}
+    started = time.perf_counter()
+    with user_errors(), err.status("quickstart") as status:
+        status.update("[bold]generating demo data")
+        config = DemoConfig(users=users, items=items, days=days, seed=seed,
+                            end_date=date.fromisoformat(end_date) if end_date else None)
+        demo_dir = engine_home.root / "demo"
+        paths = write_demo(generate(config), demo_dir)
+        status.update("[bold]ingesting")
+        ingested = ingest(engine_home, interactions=paths["interactions.parquet"], users=paths["users.parquet"],
+                          items=paths["items.parquet"])
+        summary["ingest"] = ingested.to_dict()
+        status.update("[bold]training")
+        result = train(engine_home, TrainOptions(config=load_config(model="hybrid"), seed=seed),
+                       progress=lambda step: status.update(f"[bold]training: {step}"))
+        summary["train"] = result.to_dict()
+        status.update("[bold]writing the planner report")
+        written = report.write_report(engine_home, engine_home.reports / "latest", window_days=28, min_users=10,
+                                      lang="zh")
+        summary["report"] = str(Path(written.out_dir) / "report.html")
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    emit(summary, as_json, _render)
+    if serve:
+        _serve(host, port)
+
+
+def _render(summary: dict[str, Any]) -> None:
+    out = Console()
+    train = summary["train"]
+    metrics = train["key_metrics"]
+    out.print(f"[bold]engine home[/bold]: {summary['home']}")
+    counts = summary["ingest"].get("tables", {}).get("interactions", {})
+    out.print(f"[bold]ingested[/bold]: {counts.get('accepted', '?')} interactions")
+    out.print(f"[bold]model[/bold]: {train['model']} version {train['version']} "
+              f"({'champion' if train['promoted'] else 'not promoted'}), NDCG@10 {metrics['ndcg@10']:.4f}, "
+              f"{train['lift_over_popularity'] or 0:.2f}x popularity")
+    out.print(f"[bold]planner report[/bold]: {summary['report']}")
+    out.print(f"done in {summary['seconds']} s")
+
+
+def _serve(host: str, port: int) -> None:
+    import uvicorn
+
+    base = f"http://{host}:{port}"
+    out = Console()
+    out.print("\n[bold]API starting[/bold]; try:")
+    for line in (
+        f"curl '{base}/v1/users/u000001/recommendations?n=5'",
+        f"curl '{base}/v1/users/new-visitor/recommendations?n=5&region=110119'",
+        f"curl '{base}/v1/regions/110119/recommendations?n=5&age_band=60%2B'",
+        f"curl '{base}/v1/model'",
+        f"open {base}/docs  ·  {base}/reports",
+    ):
+        out.print(f"  {line}")
+    uvicorn.run("serving.app:create_app", factory=True, host=host, port=port, log_level="info")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's verbs to the app."""
+    app.command("quickstart")(quickstart_cmd)
