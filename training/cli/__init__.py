@@ -35,6 +35,10 @@ def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debu
     # MLflow phones home unless told not to; the engine must work offline.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if not verbose:  # MLflow narrates every registration and migration at INFO
+        for noisy in ("mlflow", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 _register_all()

@@ -52,8 +52,8 @@ def quickstart_cmd(
         demo_dir = engine_home.root / "demo"
         paths = write_demo(generate(config), demo_dir)
         status.update("[bold]ingesting")
-        ingested = ingest(engine_home, interactions=paths["interactions.parquet"], users=paths["users.parquet"],
-                          items=paths["items.parquet"])
+        ingested = ingest(engine_home, interactions=paths["interactions"], users=paths["users"],
+                          items=paths["items"])
         summary["ingest"] = ingested.to_dict()
         status.update("[bold]training")
         result = train(engine_home, TrainOptions(config=load_config(model="hybrid"), seed=seed),
