@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from features import schemas
+from features.validate import QUARANTINE
 from recsys.home import EngineHome
 
 log = logging.getLogger(__name__)
@@ -89,3 +90,25 @@ def _without_erased(frame: pl.LazyFrame, home: EngineHome) -> pl.LazyFrame:
     if not erased:
         return frame
     return frame.filter(~pl.col("user_id").is_in(sorted(erased)))
+
+
+def quarantine_files(home: EngineHome) -> list[Path]:
+    """The live quarantine files: committed and not replaced by a later retry.
+
+    A retry commits one new file holding the rows still failing and lists the files it
+    replaces under ``quarantine_replaces`` in its log line, so the swap is atomic too.
+    """
+    if not home.quarantine.exists():
+        return []
+    entries = ingest_log(home)
+    committed = {entry["ingest_id"] for entry in entries if "ingest_id" in entry}
+    superseded = {old for entry in entries for old in entry.get("quarantine_replaces", [])}
+    return [f for f in sorted(home.quarantine.glob("*.parquet")) if f.stem in committed - superseded]
+
+
+def scan_quarantine(home: EngineHome) -> pl.LazyFrame:
+    """Every row currently in quarantine (schema :data:`features.validate.QUARANTINE`)."""
+    files = quarantine_files(home)
+    if not files:
+        return pl.DataFrame(schema=QUARANTINE).lazy()
+    return pl.scan_parquet(files).select(list(QUARANTINE))

@@ -106,7 +106,10 @@ def parse_timestamp(value: Any, default_tz: str = "Asia/Shanghai") -> datetime |
     elif isinstance(value, int | float):
         if not math.isfinite(value) or abs(value) > 1e11:
             return None
-        return datetime.fromtimestamp(float(value), tz=UTC)
+        try:
+            return datetime.fromtimestamp(float(value), tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
     elif isinstance(value, str):
         text = value.strip()
         if not text:
@@ -124,7 +127,10 @@ def parse_timestamp(value: Any, default_tz: str = "Asia/Shanghai") -> datetime |
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=ZoneInfo(default_tz))
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except (OverflowError, ValueError):  # e.g. year 1 shifted before datetime.min
+        return None
 
 
 def _looks_numeric(text: str) -> bool:

@@ -1,9 +1,97 @@
-"""Verbs of the `recsys` command line (store_cmds)."""
+"""Store verbs of the ``recsys`` command line: ``ingest`` and ``store-info``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from features.ingest import ingest, retry_quarantine, store_info
+from training.cli.common import HomeOption, JsonOption, emit, home_of, user_errors
+
+FileOption = Annotated[Path | None, typer.Option(help="CSV or Parquet file", dir_okay=False)]
+
+
+def ingest_cmd(
+    interactions: FileOption = None,
+    users: FileOption = None,
+    items: FileOption = None,
+    retry_quarantine_rows: Annotated[bool, typer.Option(
+        "--retry-quarantine", help="Validate quarantined rows again and accept those that now pass")] = False,
+    wait: Annotated[float, typer.Option(
+        "--wait", min=0, help="Seconds to wait for another writer to finish")] = 0,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Validate provider files and the API's new events, and append them to the store.
+
+    Bad rows go to store/quarantine with a reason; every table reports
+    input rows = accepted + quarantined + duplicates. With --retry-quarantine the
+    quarantined rows are validated again after this run, so interactions that waited
+    for items given in the same command pass.
+    """
+    engine_home = home_of(home)
+    with user_errors():
+        summary: dict[str, Any] = ingest(
+            engine_home, interactions=interactions, users=users, items=items, wait_seconds=wait
+        ).to_dict()
+        if retry_quarantine_rows:
+            retried = retry_quarantine(engine_home, wait_seconds=wait).to_dict()
+            summary = {"ingest": summary, "retry": retried}
+    emit(summary, as_json, _render_ingest)
+
+
+def _render_ingest(summary: dict[str, Any]) -> None:
+    runs = summary if "retry" in summary else {"ingest": summary}
+    out = Console()
+    for label, run in runs.items():
+        if not run["tables"]:
+            out.print(f"[bold]{label}[/bold]: nothing to do")
+            continue
+        table = Table(title=f"{label} {run['ingest_id']}" + ("" if run["committed"] else " (nothing written)"))
+        for column in ("table", "input", "accepted", "quarantined", "duplicates"):
+            table.add_column(column, justify="left" if column == "table" else "right")
+        notes = []
+        for name, counts in run["tables"].items():
+            table.add_row(name, *(str(counts[k]) for k in ("input_rows", "accepted", "quarantined", "duplicates")))
+            if counts["skipped_same_file"]:
+                notes.append(f"{name}: skipped, this file was already ingested")
+            elif counts["reasons"]:
+                notes.append(f"{name} quarantined: " + ", ".join(f"{r} {n}" for r, n in counts["reasons"].items()))
+        out.print(table)
+        for note in notes:
+            out.print(note)
+        out.print("input rows = accepted + quarantined + duplicates")
+        if run["quarantine_file"]:
+            out.print(f"quarantine file: {run['quarantine_file']}")
+
+
+def store_info_cmd(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Show what the store holds: counts, date range, actions, kinds, quarantine."""
+    with user_errors():
+        info = store_info(home_of(home))
+    emit(info, as_json, _render_info)
+
+
+def _render_info(info: dict[str, Any]) -> None:
+    out = Console()
+    out.print(f"[bold]store[/bold] {info['home']}")
+    out.print(f"interactions {info['interactions']:,}  users {info['users']:,}  items {info['items']:,}")
+    span = info["date_range"]
+    out.print(f"time range {span['first'] or '-'} .. {span['last'] or '-'}")
+    for title, counts in (("by action", info["interactions_by_action"]), ("items by kind", info["items_by_kind"]),
+                          ("quarantine by reason", info["quarantine"]["by_reason"])):
+        if counts:
+            out.print(f"{title}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    out.print(f"quarantined rows {info['quarantine']['rows']:,}; ingests {info['ingests']}, "
+              f"quarantine retries {info['quarantine_retries']}; "
+              f"incoming bytes not yet ingested {info['incoming_pending_bytes']:,}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's verbs to the app."""
+    app.command("ingest")(ingest_cmd)
+    app.command("store-info")(store_info_cmd)

@@ -1,0 +1,633 @@
+"""Validated ingestion into the store: provider files and the API's incoming segments.
+
+``ingest`` reads interactions/users/items (CSV or Parquet) plus every new complete line of
+``store/incoming/*.jsonl``, validates them with :mod:`features.validate`, and in one
+transaction (:mod:`features.writer`) appends the good interactions to the day partitions,
+upserts users and items by id, and sends every other row to ``store/quarantine`` with its
+reason. For every table ``input_rows == accepted + quarantined + duplicates`` where a
+duplicate is a valid row already in the store or repeated earlier in the same batch.
+
+A file that cannot be read or lacks a required column raises
+:class:`recsys.contract.ContractError` before anything touches the disk. A file whose
+sha256 is already in the log is skipped. ``retry_quarantine`` runs the same validation
+over the quarantined rows (an interaction whose item arrived since then now passes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from features import schemas, store, writer
+from features.lock import StoreLocked, writer_lock
+from features.validate import (
+    QUARANTINE,
+    RAW_LINE,
+    REASON,
+    ROW,
+    SOURCE,
+    TABLE,
+    TORN,
+    typed,
+    typed_table,
+    validate_interactions,
+    validate_items,
+    validate_users,
+)
+from features.writer import recover
+from recsys.contract import ALL_COLUMNS, ContractError, Reason, check_columns
+from recsys.home import EngineHome
+from recsys.settings import EngineSettings
+
+__all__ = [
+    "IngestSummary", "StoreLocked", "TableCounts", "ingest", "read_incoming", "recover", "retry_quarantine",
+    "store_info", "writer_lock",
+]
+
+log = logging.getLogger(__name__)
+
+ORIGIN = "ingest_id"  # the run that first quarantined a row
+DATE = "__date"
+INCOMING = "incoming"  # table name of rows that came through the API's segments
+_META: dict[str, pl.DataType] = {
+    ORIGIN: pl.String(), TABLE: pl.String(), SOURCE: pl.String(), ROW: pl.Int64(),
+    RAW_LINE: pl.String(), TORN: pl.Boolean(),
+}
+_PARQUET_SUFFIXES = {".parquet", ".pq"}
+
+
+@dataclass
+class TableCounts:
+    """What happened to the rows of one table in one run."""
+
+    input_rows: int = 0
+    accepted: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    skipped_same_file: bool = False
+
+    @property
+    def reconciles(self) -> bool:
+        return self.input_rows == self.accepted + self.quarantined + self.duplicates
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "reconciles": self.reconciles}
+
+
+@dataclass
+class IngestSummary:
+    """The outcome of one ``ingest`` or ``retry_quarantine`` run."""
+
+    ingest_id: str
+    tables: dict[str, TableCounts]
+    quarantine_file: Path | None
+    committed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ingest_id": self.ingest_id,
+            "committed": self.committed,
+            "tables": {name: counts.to_dict() for name, counts in self.tables.items()},
+            "quarantine_file": str(self.quarantine_file) if self.quarantine_file else None,
+            "rule": "input_rows = accepted + quarantined + duplicates",
+        }
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(eq=False)  # identity: inputs are compared by object
+class _Input:
+    """One provider file, read as strings (``frame`` is None when skipped as already ingested)."""
+
+    table: str
+    path: Path
+    sha256: str
+    frame: pl.DataFrame | None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_parquet(path: Path) -> bool:
+    if path.suffix.lower() in _PARQUET_SUFFIXES:
+        return True
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PAR1"
+
+
+def _as_text(name: str, dtype: pl.DataType, source: str) -> pl.Expr:
+    """A Parquet column as the string a CSV would carry (times keep their zone, lists join on ``|``)."""
+    column = pl.col(name)
+    if isinstance(dtype, pl.Datetime):
+        if dtype.time_zone is None:  # naive: read later in the settings' zone
+            return column.dt.strftime("%Y-%m-%dT%H:%M:%S%.6f")
+        return column.dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+    if isinstance(dtype, pl.Date):
+        return column.dt.strftime("%Y-%m-%d")
+    if isinstance(dtype, pl.List | pl.Array):
+        if isinstance(dtype, pl.Array):
+            column = column.arr.to_list()
+        return column.list.eval(pl.element().cast(pl.String)).list.join("|")
+    if dtype.is_numeric() or isinstance(dtype, pl.String | pl.Boolean | pl.Categorical | pl.Enum | pl.Null):
+        return column.cast(pl.String)
+    raise ContractError(source, f"column {name!r} has unsupported type {dtype}", column=name)
+
+
+def _scan(path: Path) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
+    if _is_parquet(path):
+        frame = pl.scan_parquet(path)
+    else:
+        frame = pl.scan_csv(
+            path, infer_schema=False, separator="\t" if path.suffix.lower() == ".tsv" else ",",
+            with_column_names=lambda names: [n.strip() for n in names],
+        )
+    return frame, dict(frame.collect_schema())
+
+
+def read_table_file(table: str, path: Path) -> pl.DataFrame:
+    """Read one provider file as strings with the contract's columns plus its row numbers.
+
+    Raises :class:`ContractError` naming the file (and column) when the file cannot be read
+    or lacks a required column. Extra columns are ignored; missing optional ones are null.
+    """
+    source = str(path)
+    if not path.is_file():
+        raise ContractError(source, "file not found")
+    try:
+        frame, schema = _scan(path)
+        check_columns(table, source, list(schema))
+        columns = [
+            (_as_text(c, schema[c], source) if c in schema else pl.lit(None, pl.String)).alias(c)
+            for c in ALL_COLUMNS[table]
+        ]
+        text = frame.select(columns).with_row_index(ROW, offset=1).collect()
+    except ContractError:
+        raise
+    except (pl.exceptions.PolarsError, OSError, UnicodeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ContractError(source, f"not readable as CSV or Parquet: {first_line}") from exc
+    return text.with_columns(pl.col(ROW).cast(pl.Int64))
+
+
+def _ingested_hashes(entries: Iterable[dict]) -> set[tuple[str, str]]:
+    return {(s.get("table"), s.get("sha256")) for e in entries for s in e.get("sources", [])}
+
+
+def _open_inputs(home: EngineHome, files: dict[str, Path | None]) -> list[_Input]:
+    """Hash and read every requested file (no lock, nothing written)."""
+    known = _ingested_hashes(store.ingest_log(home))
+    inputs = []
+    for table, path in files.items():
+        if path is None:
+            continue
+        path = Path(path).expanduser().resolve()
+        if not path.is_file():
+            raise ContractError(str(path), "file not found")
+        sha = _sha256(path)
+        frame = None if (table, sha) in known else read_table_file(table, path)
+        inputs.append(_Input(table, path, sha, frame))
+    return inputs
+
+
+# --------------------------------------------------------------------------- incoming segments
+
+
+@dataclass
+class _Incoming:
+    frame: pl.DataFrame
+    offsets: dict[str, dict[str, int]]
+
+
+def _committed_offsets(entries: Iterable[dict]) -> dict[str, dict[str, int]]:
+    """Per segment, the furthest byte (and the line number after it) a committed run consumed."""
+    done: dict[str, dict[str, int]] = {}
+    for entry in entries:
+        for name, span in entry.get("incoming", {}).items():
+            if span["end"] >= done.get(name, {"end": -1})["end"]:
+                done[name] = {"end": span["end"], "next_line": span["first_line"] + span["lines"]}
+    return done
+
+
+def _as_field_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _parse_lines(chunk: bytes, source: str, first_line: int) -> tuple[list[dict[str, Any]], int]:
+    """Rows of complete lines (the chunk ends at a newline) and the number of lines consumed."""
+    rows = []
+    lines = chunk.split(b"\n")[:-1]
+    for number, line in enumerate(lines, start=first_line):
+        if not line.strip():
+            continue
+        row: dict[str, Any] = {SOURCE: source, ROW: number, TORN: False, RAW_LINE: None}
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            row.update({c: _as_field_text(record.get(c)) for c in ALL_COLUMNS["interactions"]})
+        except ValueError:  # also covers UnicodeDecodeError
+            row.update({TORN: True, RAW_LINE: line.decode("utf-8", errors="replace")})
+        rows.append(row)
+    return rows, len(lines)
+
+
+def _read_incoming_raw(home: EngineHome, entries: list[dict]) -> _Incoming:
+    """New complete lines of every segment, from the committed offset up to the last newline."""
+    done = _committed_offsets(entries)
+    rows: list[dict[str, Any]] = []
+    offsets: dict[str, dict[str, int]] = {}
+    segments = sorted(home.incoming.glob("*.jsonl")) if home.incoming.exists() else []
+    for segment in segments:
+        start = done.get(segment.name, {}).get("end", 0)
+        first_line = done.get(segment.name, {}).get("next_line", 1)
+        size = segment.stat().st_size
+        if size < start:
+            log.warning("incoming segment %s shrank below its consumed offset; skipping it", segment)
+            continue
+        with open(segment, "rb") as fh:
+            fh.seek(start)
+            chunk = fh.read(size - start)
+        complete = chunk.rfind(b"\n") + 1  # an unterminated last line waits for the next run
+        if complete == 0:
+            continue
+        parsed, consumed = _parse_lines(chunk[:complete], str(segment), first_line)
+        rows.extend(parsed)
+        offsets[segment.name] = {"start": start, "end": start + complete, "first_line": first_line,
+                                 "lines": consumed}
+    columns = {c: pl.String() for c in ALL_COLUMNS["interactions"]}
+    schema = {**columns, SOURCE: pl.String(), ROW: pl.Int64(), TORN: pl.Boolean(), RAW_LINE: pl.String()}
+    frame = pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+    return _Incoming(frame, offsets)
+
+
+# --------------------------------------------------------------------------- validation job
+
+STATUS = "__status"
+_INDEX = "__index"
+
+
+def _raw(frame: pl.DataFrame | None, contract: str, **meta: Any) -> pl.DataFrame:
+    """Meta columns (``meta`` fills the absent ones) and every column of ``contract`` as strings."""
+    columns = ALL_COLUMNS[contract]
+    schema = {**_META, **{c: pl.String() for c in columns}}
+    if frame is None or frame.height == 0:
+        return pl.DataFrame(schema=schema)
+    defaults = {TORN: False, **meta}
+    return frame.select([
+        (pl.col(name) if name in frame.columns else pl.lit(defaults.get(name))).cast(dtype).alias(name)
+        for name, dtype in schema.items()
+    ])
+
+
+@dataclass
+class _Batch:
+    """The raw rows of one run per stored table (interactions include the API's lines)."""
+
+    items: pl.DataFrame
+    users: pl.DataFrame
+    interactions: pl.DataFrame
+
+
+@dataclass
+class _Outcome:
+    """What one run would change, computed before anything is written."""
+
+    counts: dict[str, TableCounts]
+    interactions: pl.DataFrame  # accepted rows in the stored schema plus the partition date
+    quarantine: pl.DataFrame
+    items: pl.DataFrame | None  # the whole new table, or None when unchanged
+    users: pl.DataFrame | None
+
+
+def _evaluate(home: EngineHome, batch: _Batch, settings: EngineSettings) -> _Outcome:
+    """Validate and de-duplicate a batch against the current store; count every row's fate."""
+    tz = settings.timezone
+    items = validate_items(batch.items.lazy(), tz)
+    users = validate_users(batch.users.lazy(), tz)
+    # The catalog an interaction must match: the store's items plus this batch's valid ones.
+    new_items = items.filter(pl.col(REASON).is_null()).select(pl.col(typed("item_id")).alias("item_id"))
+    catalog = pl.concat([store.scan_items(home).select("item_id"), new_items])
+    interactions = validate_interactions(batch.interactions.lazy(), catalog, tz).with_columns(
+        pl.col(typed("ts")).dt.convert_time_zone(tz).dt.strftime("%Y-%m-%d").alias(DATE)
+    )
+    current_items, current_users = store.scan_items(home), store.scan_users(home)
+    items_df, users_df, interactions_df, current_items_df, current_users_df = pl.collect_all(
+        [items, users, interactions, current_items, current_users]
+    )
+    interactions_df = _interaction_status(home, interactions_df)
+    items_df, items_table = _upsert(items_df, current_items_df, "items", "item_id")
+    users_df, users_table = _upsert(users_df, current_users_df, "users", "user_id")
+    checked = (items_df, users_df, interactions_df)
+    accepted = interactions_df.filter(pl.col(STATUS) == "accepted")
+    return _Outcome(
+        counts=_count(checked),
+        interactions=typed_table(accepted.lazy(), "interactions").with_columns(accepted[DATE]).collect(),
+        quarantine=pl.concat([_quarantine_rows(df) for df in checked]),
+        items=items_table,
+        users=users_table,
+    )
+
+
+def _status(duplicate: pl.Expr) -> pl.Expr:
+    return (
+        pl.when(pl.col(REASON).is_not_null()).then(pl.lit("quarantined"))
+        .when(duplicate).then(pl.lit("duplicates"))
+        .otherwise(pl.lit("accepted"))
+        .alias(STATUS)
+    )
+
+
+def _interaction_status(home: EngineHome, checked: pl.DataFrame) -> pl.DataFrame:
+    """Mark valid interactions seen earlier in the batch or already stored as duplicates."""
+    key = [typed(c) for c in schemas.INTERACTIONS]
+    checked = checked.with_row_index(_INDEX)
+    valid = checked.filter(pl.col(REASON).is_null())
+    repeated = valid.filter(~pl.struct(key).is_first_distinct())[_INDEX]
+    candidates = valid.filter(~pl.col(_INDEX).is_in(repeated.implode()))
+    dates = set(candidates[DATE].unique().to_list())
+    files = [f for f in store.interaction_files(home) if f.parent.name.removeprefix("date=") in dates]
+    stored_ids = pl.Series(_INDEX, [], dtype=pl.UInt32)
+    if files and candidates.height:
+        stored = pl.scan_parquet(files).select(
+            [pl.col(c).cast(t).alias(typed(c)) for c, t in schemas.INTERACTIONS.items()]
+        ).unique()
+        stored_ids = candidates.lazy().join(stored, on=key, how="semi", nulls_equal=True).select(
+            _INDEX).collect()[_INDEX]
+    duplicate = pl.col(_INDEX).is_in(pl.concat([repeated, stored_ids]).implode())
+    return checked.with_columns(_status(duplicate)).drop(_INDEX)
+
+
+def _upsert(checked: pl.DataFrame, current: pl.DataFrame, table: str, key: str
+            ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Status of each users/items row and the table after the upsert (None if unchanged).
+
+    A valid row is a duplicate when it equals the state of its id just before it: the
+    previous valid row with that id in the batch, or else the stored row. The last valid
+    row of each id wins, so the result matches applying the rows in order.
+    """
+    stored_schema = schemas.SCHEMAS[table]
+    record = pl.struct([pl.col(typed(c)).cast(t) for c, t in stored_schema.items()])
+    previous_stored = current.select(
+        pl.col(key).alias(typed(key)),
+        pl.struct([pl.col(c).cast(t).alias(typed(c)) for c, t in stored_schema.items()]).alias("__stored"),
+    )
+    checked = checked.with_row_index(_INDEX)
+    valid = checked.filter(pl.col(REASON).is_null()).join(
+        previous_stored, on=typed(key), how="left", maintain_order="left"
+    ).with_columns(record.alias("__record"))
+    previous = (
+        pl.when(pl.col(typed(key)).is_first_distinct()).then(pl.col("__stored"))
+        .otherwise(pl.col("__record").shift(1).over(typed(key)))
+    )
+    repeated = valid.filter(pl.col("__record").eq_missing(previous))[_INDEX]
+    checked = checked.with_columns(_status(pl.col(_INDEX).is_in(repeated.implode()))).drop(_INDEX)
+    if checked.filter(pl.col(STATUS) == "accepted").height == 0:
+        return checked, None
+    latest = typed_table(valid.lazy(), table).unique(subset=key, keep="last", maintain_order=True).collect()
+    kept = current.filter(~pl.col(key).is_in(latest[key].implode()))
+    return checked, pl.concat([kept, latest]).sort(key)
+
+
+def _count(checked: Iterable[pl.DataFrame]) -> dict[str, TableCounts]:
+    """Per source table: rows by status, and quarantined rows by reason."""
+    counts: dict[str, TableCounts] = {}
+    for frame in checked:
+        for table, status, n in frame.group_by(TABLE, STATUS, maintain_order=True).len().iter_rows():
+            entry = counts.setdefault(table, TableCounts())
+            entry.input_rows += n
+            setattr(entry, status, getattr(entry, status) + n)
+        reasons = frame.filter(pl.col(STATUS) == "quarantined").group_by(TABLE, REASON).len()
+        for table, reason, n in reasons.sort("len", REASON, descending=[True, False]).iter_rows():
+            counts[table].reasons[reason] = n
+    return counts
+
+
+def _quarantine_rows(checked: pl.DataFrame) -> pl.DataFrame:
+    bad = checked.filter(pl.col(STATUS) == "quarantined")
+    return bad.select([
+        (pl.col(c) if c in bad.columns else pl.lit(None)).cast(t).alias(c) for c, t in QUARANTINE.items()
+    ])
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write(home: EngineHome, ingest_id: str, outcome: _Outcome, entry: dict) -> Path | None:
+    """Write the outcome as one transaction; returns the quarantine file, if any."""
+    tx = writer.Transaction(home, ingest_id)
+    partitions: list[str] = []
+    quarantine_file = None
+    try:
+        ordered = outcome.interactions.sort(DATE, "ts", "user_id", "item_id")
+        for (date,), part in ordered.partition_by(DATE, as_dict=True, maintain_order=True).items():
+            relative = f"interactions/date={date}/{ingest_id}.parquet"
+            tx.write(part.drop(DATE), relative)
+            partitions.append(relative)
+        if outcome.quarantine.height:
+            quarantine_file = tx.write(outcome.quarantine, f"quarantine/{ingest_id}.parquet")
+        for frame, target in ((outcome.items, home.items), (outcome.users, home.users)):
+            if frame is not None:
+                tx.stage(frame, target)
+    except Exception:
+        tx.abort()
+        raise
+    replaced = [name for name, frame in (("items", outcome.items), ("users", outcome.users)) if frame is not None]
+    entry["files"] = {
+        "interactions": partitions,
+        "quarantine": f"quarantine/{ingest_id}.parquet" if quarantine_file else None,
+        "replaced": replaced,
+    }
+    tx.commit(entry)
+    return quarantine_file
+
+
+def _entry(kind: str, counts: dict[str, TableCounts], **extra: Any) -> dict:
+    return {
+        "kind": kind,
+        "time": datetime.now(UTC).isoformat(),
+        "tables": {name: c.to_dict() for name, c in counts.items()},
+        **extra,
+    }
+
+
+# --------------------------------------------------------------------------- public jobs
+
+
+def ingest(
+    home: EngineHome,
+    *,
+    interactions: Path | None = None,
+    users: Path | None = None,
+    items: Path | None = None,
+    settings: EngineSettings | None = None,
+    include_incoming: bool = True,
+    wait_seconds: float = 0,
+) -> IngestSummary:
+    """Validate provider files and the API's new lines and append them to the store.
+
+    Raises :class:`ContractError` (nothing written) for an unreadable file or a missing
+    required column, and :class:`StoreLocked` when another writer holds the store longer
+    than ``wait_seconds``.
+    """
+    settings = settings or EngineSettings()
+    inputs = _open_inputs(home, {"interactions": interactions, "users": users, "items": items})
+    with writer_lock(home, wait_seconds=wait_seconds, command="recsys ingest"):
+        recover(home)
+        entries = store.ingest_log(home)
+        known = _ingested_hashes(entries)
+        fresh = [i for i in inputs if i.frame is not None and (i.table, i.sha256) not in known]
+        incoming = _read_incoming_raw(home, entries) if include_incoming else None
+        ingest_id = writer.new_ingest_id()
+        tables = {i.table: TableCounts(skipped_same_file=i not in fresh) for i in inputs}
+        summary = IngestSummary(ingest_id, tables, None)
+        for skipped in (i for i in inputs if i not in fresh):
+            log.info("%s already ingested (sha256 %s); skipping it", skipped.path, skipped.sha256[:12])
+        if not fresh and not (incoming and incoming.offsets):
+            return summary
+        frames = {i.table: _raw(i.frame, i.table, ingest_id=ingest_id, table=i.table, source=str(i.path))
+                  for i in fresh}
+        file_interactions = frames.get("interactions", _raw(None, "interactions"))
+        api_lines = _raw(incoming.frame if incoming else None, "interactions", ingest_id=ingest_id, table=INCOMING)
+        batch = _Batch(
+            items=frames.get("items", _raw(None, "items")),
+            users=frames.get("users", _raw(None, "users")),
+            interactions=pl.concat([file_interactions, api_lines]),
+        )
+        outcome = _evaluate(home, batch, settings)
+        summary.tables.update(outcome.counts)
+        if incoming and incoming.offsets:
+            summary.tables.setdefault(INCOMING, TableCounts())
+        entry = _entry(
+            "ingest", summary.tables,
+            sources=[{"table": i.table, "path": str(i.path), "sha256": i.sha256} for i in fresh],
+            incoming=incoming.offsets if incoming else {},
+        )
+        summary.quarantine_file = _write(home, ingest_id, outcome, entry)
+        summary.committed = True
+    _log_summary(summary)
+    return summary
+
+
+def retry_quarantine(home: EngineHome, settings: EngineSettings | None = None, *,
+                     wait_seconds: float = 0) -> IngestSummary:
+    """Validate every quarantined row again; rows that pass now join the store.
+
+    The rows still failing are committed as one new quarantine file that replaces the old
+    ones in the same log line, so counts always reconcile: per table, ``input_rows`` (rows
+    that were in quarantine) = accepted + quarantined (still) + duplicates.
+    """
+    settings = settings or EngineSettings()
+    with writer_lock(home, wait_seconds=wait_seconds, command="recsys ingest --retry-quarantine"):
+        recover(home)
+        files = store.quarantine_files(home)
+        rows = store.scan_quarantine(home).collect()
+        ingest_id = writer.new_ingest_id()
+        summary = IngestSummary(ingest_id, {}, None)
+        if rows.height == 0:
+            return summary
+        table = pl.col(TABLE)
+        interactions = rows.filter(table.is_in(["interactions", INCOMING])).with_columns(
+            (pl.col(REASON) == Reason.TORN_LINE.value).alias(TORN)
+        )
+        batch = _Batch(
+            items=_raw(rows.filter(table == "items"), "items"),
+            users=_raw(rows.filter(table == "users"), "users"),
+            interactions=_raw(interactions, "interactions"),
+        )
+        outcome = _evaluate(home, batch, settings)
+        summary.tables = outcome.counts
+        unchanged = outcome.quarantine.height == rows.height and (
+            sorted(outcome.quarantine[REASON].to_list()) == sorted(rows[REASON].to_list())
+        )
+        if unchanged:  # nothing left quarantine: keep the files as they are
+            return summary
+        entry = _entry("retry", summary.tables, quarantine_replaces=[f.stem for f in files])
+        summary.quarantine_file = _write(home, ingest_id, outcome, entry)
+        summary.committed = True
+    _log_summary(summary)
+    return summary
+
+
+def _log_summary(summary: IngestSummary) -> None:
+    for name, c in summary.tables.items():
+        log.info("%s %s: %d in = %d accepted + %d quarantined + %d duplicates", summary.ingest_id, name,
+                 c.input_rows, c.accepted, c.quarantined, c.duplicates)
+
+
+def read_incoming(home: EngineHome, settings: EngineSettings | None = None
+                  ) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Interactions the API has appended since the last ingest, validated but not stored.
+
+    Returns the valid, new rows (schema :data:`features.schemas.INTERACTIONS`) and, per
+    segment file name, the byte offset they were read up to. Rows that would go to
+    quarantine, and rows already stored, are left out. Takes no lock and writes nothing.
+    """
+    settings = settings or EngineSettings()
+    incoming = _read_incoming_raw(home, store.ingest_log(home))
+    if not incoming.offsets:
+        return schemas.empty("interactions"), {}
+    batch = _Batch(_raw(None, "items"), _raw(None, "users"),
+                   _raw(incoming.frame, "interactions", table=INCOMING, ingest_id=""))
+    outcome = _evaluate(home, batch, settings)
+    return outcome.interactions.drop(DATE), {name: span["end"] for name, span in incoming.offsets.items()}
+
+
+def store_info(home: EngineHome) -> dict:
+    """Counts, date range and quarantine breakdown of a store (reads only; never creates it)."""
+    interactions = store.scan_interactions(home)
+    jobs = [
+        interactions.select(pl.len().alias("n"), pl.col("ts").min().alias("first"),
+                            pl.col("ts").max().alias("last")),
+        interactions.group_by("action").len().sort("action"),
+        store.scan_users(home).select(pl.len().alias("n")),
+        store.scan_items(home).group_by("kind").len().sort("kind", nulls_last=True),
+        store.scan_quarantine(home).group_by(REASON).len().sort(REASON),
+    ]
+    totals, actions, users, kinds, quarantine = pl.collect_all(jobs)
+    entries = store.ingest_log(home)
+    pending = _pending_incoming_bytes(home, entries)
+    first, last = totals["first"][0], totals["last"][0]
+    return {
+        "home": str(home.root),
+        "interactions": int(totals["n"][0]),
+        "users": int(users["n"][0]),
+        "items": int(kinds["len"].sum()),
+        "date_range": {"first": first.isoformat() if first else None,
+                       "last": last.isoformat() if last else None},
+        "interactions_by_action": dict(actions.iter_rows()),
+        "items_by_kind": {("unknown" if k is None else str(k)): n for k, n in kinds.iter_rows()},
+        "quarantine": {"rows": int(quarantine["len"].sum()), "by_reason": dict(quarantine.iter_rows())},
+        "ingests": sum(1 for e in entries if e.get("kind", "ingest") == "ingest"),
+        "quarantine_retries": sum(1 for e in entries if e.get("kind") == "retry"),
+        "last_ingest": entries[-1].get("time") if entries else None,
+        "incoming_pending_bytes": pending,
+    }
+
+
+def _pending_incoming_bytes(home: EngineHome, entries: list[dict]) -> int:
+    if not home.incoming.exists():
+        return 0
+    done = _committed_offsets(entries)
+    return sum(max(seg.stat().st_size - done.get(seg.name, {}).get("end", 0), 0)
+               for seg in home.incoming.glob("*.jsonl"))
