@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,20 +31,41 @@ CHAMPION = "champion"
 CANDIDATE = "candidate"
 HISTORY_TAG = "champion_history"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 def connect(home: EngineHome) -> MlflowClient:
     """Point MLflow at the home's store (creating the experiment once) and return a client."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     home.root.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(home.tracking_uri())
-    mlflow.set_registry_uri(home.tracking_uri())
+    uri = home.tracking_uri()
+    with _uri_env_kept():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
     client = MlflowClient()
     if client.get_experiment_by_name(EXPERIMENT) is None:
-        location = home.mlflow_artifacts.as_uri() if home.tracking_uri().startswith("sqlite:") else None
+        location = home.mlflow_artifacts.as_uri() if uri.startswith("sqlite:") else None
         client.create_experiment(EXPERIMENT, artifact_location=location)
     mlflow.set_experiment(EXPERIMENT)
     return client
+
+
+@contextmanager
+def _uri_env_kept() -> Iterator[None]:
+    """Undo MLflow exporting ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` on ``set_*_uri``.
+
+    ``EngineHome.tracking_uri`` reads that variable as the user's override; left set, every
+    later home in the same process would resolve to the first home's store.
+    """
+    saved = {name: os.environ.get(name) for name in _URI_VARIABLES}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @dataclass
@@ -96,9 +119,15 @@ def _info(mv) -> VersionInfo:
 def versions(client: MlflowClient) -> list[VersionInfo]:
     try:
         found = client.search_model_versions(f"name='{REGISTERED_MODEL}'")
+        # search results carry no aliases; the registered model holds the alias -> version map
+        alias_map = client.get_registered_model(REGISTERED_MODEL).aliases or {}
     except MlflowException:
         return []
-    return sorted((_info(mv) for mv in found), key=lambda v: int(v.version))
+    infos = sorted((_info(mv) for mv in found), key=lambda v: int(v.version))
+    for info in infos:
+        named = {alias for alias, version in alias_map.items() if str(version) == info.version}
+        info.aliases = sorted(set(info.aliases) | named)
+    return infos
 
 
 def promote(client: MlflowClient, version: str) -> str | None:
@@ -140,6 +169,10 @@ def _history(client: MlflowClient) -> list[str]:
 
 def download_bundle(client: MlflowClient, version: str, destination: Path | None = None) -> Path:
     """Download a version's artifacts and return the bundle directory inside them."""
+    try:
+        client.get_model_version(REGISTERED_MODEL, version)
+    except MlflowException as exc:
+        raise ValueError(f"no version {version} of {REGISTERED_MODEL}") from exc
     target = destination or Path(tempfile.mkdtemp(prefix="recsys-bundle-"))
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{REGISTERED_MODEL}/{version}", dst_path=str(target)))
     manifests = sorted(local.rglob("manifest.json"))

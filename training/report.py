@@ -31,7 +31,7 @@ import polars as pl
 from features.aggregates import ReportTables, plan_report
 from features.store import scan_interactions, scan_items, scan_users
 from recsys.contract import parse_timestamp
-from recsys.home import EXPERIMENT, EngineHome
+from recsys.home import EngineHome
 from recsys.settings import EngineSettings
 from training.report_html import LANGS, region_name, render_report
 
@@ -306,12 +306,13 @@ def log_report_to_mlflow(
     if not (folder / "meta.json").exists():
         raise FileNotFoundError(f"no report in {folder} (meta.json missing)")
     if home is not None or run_id is None:
-        mlflow.set_tracking_uri((home or EngineHome.at()).tracking_uri())
+        from training import registry  # one place sets up the store and its experiment
+
+        registry.connect(home or EngineHome.at())
     if run_id is not None:
         MlflowClient().log_artifacts(run_id, str(folder), artifact_path=ARTIFACT_PATH)
         return run_id
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_name="report") as run:
         mlflow.set_tag("job", "report")
         mlflow.log_params({k: meta[k] for k in ("window_start", "window_end", "window_days", "min_users", "lang")})
