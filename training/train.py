@@ -21,9 +21,11 @@ from typing import Any
 import mlflow
 
 from features.dataset import Dataset, Split, load_dataset
+from features.ingest import ingest
 from recsys import models
 from recsys.bundle import ModelBundle
 from recsys.home import EngineHome
+from recsys.models.base import Recommender
 from training import gate, registry
 from training.config import TrainConfig, config_from_dict
 from training.evaluate import Evaluation, evaluate
@@ -58,6 +60,7 @@ class TrainResult:
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
     report_dir: str | None = None
+    engine: str = "implicit"
 
     def to_dict(self) -> dict[str, Any]:
         key = {k: self.metrics.get(k) for k in KEY_METRICS}
@@ -67,48 +70,74 @@ class TrainResult:
             "baseline_ndcg@10": self.baseline.get("ndcg@10"),
             "lift_over_popularity": self.metrics.get("lift_over_popularity.ndcg@10"),
             "seconds": round(self.seconds, 2), "timings": self.timings, "report_dir": self.report_dir,
+            "engine": self.engine,
         }
 
 
-def train(home: EngineHome, options: TrainOptions, progress: Progress | None = None) -> TrainResult:
-    say = progress or (lambda step: log.info(step))
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
+class Stopwatch:
+    """Announces each step through ``progress`` and records how long it took."""
 
-    def timed(step: str, fn: Callable[[], Any]) -> Any:
-        say(step)
+    def __init__(self, progress: Progress | None = None) -> None:
+        self.say: Progress = progress or (lambda step: log.info(step))
+        self.started = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def timed(self, step: str, fn: Callable[[], Any]) -> Any:
+        self.say(step)
         t0 = time.perf_counter()
         value = fn()
-        timings[step] = round(time.perf_counter() - t0, 3)
+        self.timings[step] = round(time.perf_counter() - t0, 3)
         return value
 
+
+def train(home: EngineHome, options: TrainOptions, progress: Progress | None = None) -> TrainResult:
+    clock = Stopwatch(progress)
     cfg = options.config
-    timed("ingest pending API interactions", lambda: _ingest_incoming(home))
-    data: Dataset = timed("build features", lambda: load_dataset(home, cfg.engine, test_days=options.test_days,
-                                                                   seed=options.seed))
+    clock.timed("ingest pending API interactions", lambda: ingest_incoming(home))
+    data: Dataset = clock.timed("build features", lambda: load_dataset(home, cfg.engine, test_days=options.test_days,
+                                                                         seed=options.seed))
+    split = require_split(data)
+    model = clock.timed(f"fit {cfg.model} on train", lambda: models.create(cfg.model, cfg.params).fit(split.train))
+    return evaluate_and_register(home, options, data, model, lambda: model.refit(data.full), clock)
+
+
+def require_split(data: Dataset) -> Split:
     if data.split is None:
         raise ValueError("a time split is required for training (test_days > 0)")
-    split = data.split
-    model = timed(f"fit {cfg.model} on train", lambda: models.create(cfg.model, cfg.params).fit(split.train))
-    evaluation: Evaluation = timed("evaluate", lambda: evaluate(model, split, cfg.engine))
-    baseline = timed("evaluate popularity baseline", lambda: _baseline(split, cfg))
+    return data.split
+
+
+def evaluate_and_register(home: EngineHome, options: TrainOptions, data: Dataset, model: Recommender,
+                          refit: Callable[[], Recommender], clock: Stopwatch, *, engine: str = "implicit",
+                          engine_params: dict[str, Any] | None = None) -> TrainResult:
+    """The steps after the fit on train, shared by every training engine.
+
+    ``model`` is fitted on ``data.split.train``; ``refit()`` returns it fitted on all data.
+    ``engine`` names the fitting engine (tagged on the version, and part of "the same
+    recipe" for the gate); ``engine_params`` are logged with the run.
+    """
+    cfg = options.config
+    split = require_split(data)
+    evaluation: Evaluation = clock.timed("evaluate", lambda: evaluate(model, split, cfg.engine))
+    baseline = clock.timed("evaluate popularity baseline", lambda: _baseline(split, cfg))
     metrics = dict(evaluation.metrics)
     metrics.update(_lifts(metrics, baseline.metrics))
-    timed("refit on all data", lambda: model.refit(data.full))
+    model = clock.timed("refit on all data", refit)
 
     client = registry.connect(home)
     champion_before = registry.champion(client)
     with mlflow.start_run(run_name=f"{cfg.model}-{datetime.now(UTC):%Y%m%dT%H%M%S}") as run:
         _log_run(cfg, options, data, metrics, baseline, evaluation)
+        mlflow.log_params({k: str(v)[:500] for k, v in {"engine": engine, **(engine_params or {})}.items()})
         with tempfile.TemporaryDirectory(prefix="recsys-train-") as tmp:
-            bundle_dir = timed("save bundle", lambda: _save_bundle(model, data, cfg, metrics, split, Path(tmp)))
-            model_uri = timed("log model", lambda: registry.log_bundle(bundle_dir))
+            bundle_dir = clock.timed("save bundle", lambda: _save_bundle(model, data, cfg, metrics, split, Path(tmp)))
+            model_uri = clock.timed("log model", lambda: registry.log_bundle(bundle_dir))
         tags = {"config_hash": cfg.config_hash(), "ndcg_at_10": f"{evaluation.ndcg10:.6f}",
                 "rural_urban_ndcg_ratio": f"{evaluation.rural_urban_ratio:.6f}",
-                "test_cutoff": split.cutoff.isoformat(), "model": cfg.model}
-        version = timed("register candidate", lambda: registry.register(client, model_uri, tags))
-        champion_ndcg = timed("re-evaluate champion", lambda: _champion_ndcg(client, champion_before, cfg,
-                                                                             evaluation, split))
+                "test_cutoff": split.cutoff.isoformat(), "model": cfg.model, "engine": engine}
+        version = clock.timed("register candidate", lambda: registry.register(client, model_uri, tags))
+        champion_ndcg = clock.timed("re-evaluate champion", lambda: _champion_ndcg(client, champion_before, cfg,
+                                                                                   evaluation, split, engine))
         decision = gate.decide(evaluation.ndcg10, evaluation.rural_urban_ratio, champion_ndcg,
                                tolerance=options.tolerance, rural_floor=options.rural_floor)
         mlflow.log_dict(decision.to_dict(), "gate.json")
@@ -119,7 +148,7 @@ def train(home: EngineHome, options: TrainOptions, progress: Progress | None = N
             decision.reasons.append("--no-promote given")
         report_dir = None
         if options.report:
-            report_dir = timed("planner report", lambda: _report(home, run.info.run_id))
+            report_dir = clock.timed("planner report", lambda: _report(home, run.info.run_id))
         if promoted:
             registry.promote(client, version)
         mlflow.set_tag("promoted", str(promoted).lower())
@@ -127,11 +156,11 @@ def train(home: EngineHome, options: TrainOptions, progress: Progress | None = N
     return TrainResult(
         version=version, run_id=run.info.run_id, model=cfg.model, metrics=metrics, baseline=baseline.metrics,
         promoted=promoted, gate=decision.to_dict(), champion=champion_now.version if champion_now else None,
-        seconds=time.perf_counter() - started, timings=timings, report_dir=report_dir,
+        seconds=time.perf_counter() - clock.started, timings=clock.timings, report_dir=report_dir, engine=engine,
     )
 
 
-def _ingest_incoming(home: EngineHome) -> None:
+def ingest_incoming(home: EngineHome) -> None:
     """Fold the API's durable interaction segments into the store before reading it."""
     try:
         from features.ingest import ingest
@@ -155,17 +184,19 @@ def _lifts(metrics: dict[str, float], baseline: dict[str, float]) -> dict[str, f
 
 
 def _champion_ndcg(client, champion: registry.VersionInfo | None, cfg: TrainConfig,
-                   evaluation: Evaluation, split: Split) -> float | None:
+                   evaluation: Evaluation, split: Split, engine: str = "implicit") -> float | None:
     """The champion's NDCG@10 on this run's test window.
 
     The champion's recipe is refitted on this run's train split and evaluated on the same
     test window (its stored artifact has already seen that window, so scoring it directly
-    would flatter it). The same recipe with the same seed yields the same model, so its
-    score is the candidate's and no refit is needed.
+    would flatter it). The same recipe with the same seed on the same engine yields the same
+    model, so its score is the candidate's and no refit is needed. (A champion's recipe is
+    refitted with ``implicit`` whatever engine trained it.)
     """
     if champion is None:
         return None
-    if champion.tags.get("config_hash") == cfg.config_hash():
+    same_engine = champion.tags.get("engine", "implicit") == engine
+    if same_engine and champion.tags.get("config_hash") == cfg.config_hash():
         return evaluation.ndcg10
     recipe = _recipe_of(client, champion)
     if recipe is None:
