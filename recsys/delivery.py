@@ -101,7 +101,9 @@ class DeliveryEngine:
         if mask is None:
             if len(self._availability) > 256:
                 self._availability.clear()
-            mask = self.catalog.available_at(bucket * AVAILABILITY_BUCKET_SECONDS)
+            # judge at the bucket's end: an item ending within this minute is already gone
+            # for some requests of the bucket, and must never be shown after its end
+            mask = self.catalog.available_at((bucket + 1) * AVAILABILITY_BUCKET_SECONDS)
             self._availability[bucket] = mask
         return mask
 

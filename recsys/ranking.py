@@ -67,14 +67,14 @@ def mmr(candidates: np.ndarray, scores: np.ndarray, categories: np.ndarray, n: i
     relevance = (relevance - relevance.min()) / span if span > 0 else np.ones_like(relevance)
     cats = np.asarray(categories)[candidates]
     chosen: list[int] = []
-    seen_categories: set[int] = set()
+    redundancy = np.zeros(len(candidates))  # 1 where the candidate's category is already chosen
     remaining = np.ones(len(candidates), dtype=bool)
     while len(chosen) < min(n, len(candidates)):
-        redundancy = np.fromiter((c >= 0 and c in seen_categories for c in cats), dtype=float, count=len(cats))
         gain = (1.0 - diversity) * relevance - diversity * redundancy
         gain[~remaining] = -np.inf
         pick = int(np.argmax(gain))  # first max = best-scored among equals
         chosen.append(pick)
         remaining[pick] = False
-        seen_categories.add(int(cats[pick]))
+        if cats[pick] >= 0:  # an unknown category (-1) is never redundant
+            redundancy[cats == cats[pick]] = 1.0
     return candidates[chosen]

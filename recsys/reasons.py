@@ -59,6 +59,8 @@ class Reasons:
         self._facets: sp.csr_matrix | None = None
 
     def _say(self, key: str, **values: object) -> str:
+        if "title" in values and self.phrases is PHRASES["zh"]:
+            values["title"] = _inside_title_marks(str(values["title"]))
         return self.phrases[key].format(**values)
 
     def content_similarity(self, item: int) -> np.ndarray:
@@ -75,22 +77,22 @@ class Reasons:
     def personal(self, chosen: np.ndarray, history: sp.csr_matrix, filters: Filters) -> list[str]:
         history_items, history_weights = history.indices, history.data
         user_categories = {int(self.catalog.category[j]) for j in history_items}
-        reasons = []
-        for item in chosen.tolist():
-            reasons.append(self._personal_one(item, history_items, history_weights, user_categories, filters))
-        return reasons
+        # chosen x history only, in one call: a per-item similarity to the whole catalog is the
+        # most expensive thing a request could do, and a reason needs just these pairs
+        closeness = self.model.item_similarity_matrix(chosen, history_items)
+        return [self._personal_one(item, row, history_items, history_weights, user_categories, filters)
+                for item, row in zip(chosen.tolist(), closeness, strict=True)]
 
-    def _personal_one(self, item: int, history_items: np.ndarray, history_weights: np.ndarray,
-                      user_categories: set[int], filters: Filters) -> str:
-        similarity = self.model.item_similarity(item)
-        if similarity is not None and len(history_items):
-            closeness = similarity[history_items]
+    def _personal_one(self, item: int, closeness: np.ndarray, history_items: np.ndarray,
+                      history_weights: np.ndarray, user_categories: set[int], filters: Filters) -> str:
+        no_notion = bool(np.isnan(closeness).any())  # the model cannot relate this item to others
+        if not no_notion and len(history_items):
             best = int(np.argmax(closeness))
             if closeness[best] >= ANCHOR_SIMILARITY:
                 anchor = int(history_items[best])
                 key = "attended" if history_weights[best] >= ATTENDED_WEIGHT else "viewed"
                 return self._say(key, title=self.catalog.title[anchor] or self.catalog.items.id_of(anchor))
-        if similarity is None and int(self.catalog.category[item]) in user_categories:
+        if no_notion and int(self.catalog.category[item]) in user_categories:
             return self._say("new_in_category")
         return self._distance(item, filters) or self._say("taste")
 
@@ -103,3 +105,10 @@ class Reasons:
     def similar(self, chosen: np.ndarray, anchor: int, filters: Filters) -> list[str]:
         title = self.catalog.title[anchor] or self.catalog.items.id_of(anchor)
         return [self._distance(i, filters) or self._say("similar", title=title) for i in chosen.tolist()]
+
+
+def _inside_title_marks(title: str) -> str:
+    """A title to print inside 《》: without its own outer 《》, inner 《》 as 〈〉 (《河北梆子〈大登殿〉》)."""
+    if title.startswith("《") and title.endswith("》") and title.count("《") == 1:
+        return title[1:-1]
+    return title.replace("《", "〈").replace("》", "〉")

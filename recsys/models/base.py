@@ -91,6 +91,18 @@ class Recommender(ABC):
         """Similarity of ``item`` to every item, or None if the model has no such notion."""
         return None
 
+    def item_similarity_matrix(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """``item_similarity(i)[others]`` for each of ``items``, as (len(items), len(others)) float32;
+        a row is NaN where ``item_similarity(i)`` is None. Explaining a list needs only these few
+        pairs (chosen items x the user's history), so models override this to skip the catalog."""
+        others = np.asarray(others, dtype=np.int64)
+        out = np.full((len(items), len(others)), np.nan, dtype=np.float32)
+        for row, item in enumerate(np.asarray(items, dtype=np.int64).tolist()):
+            similarity = self.item_similarity(item)
+            if similarity is not None:
+                out[row] = similarity[others]
+        return out
+
     # ---- persistence -----------------------------------------------------------------
     @abstractmethod
     def _arrays(self) -> dict[str, np.ndarray]:
@@ -142,6 +154,41 @@ def csr_from(prefix: str, arrays: dict[str, np.ndarray]) -> sp.csr_matrix:
     return sp.csr_matrix(
         (arrays[f"{prefix}_data"], arrays[f"{prefix}_indices"], arrays[f"{prefix}_indptr"]), shape=shape
     )
+
+
+def row_entries(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(position in ``rows``, column, value) of every stored entry of those rows of a CSR matrix.
+
+    Plain numpy on the CSR arrays: for the handful of rows one request touches, scipy's
+    per-call overhead (validation, copies) costs far more than the arithmetic.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = matrix.indptr[rows].astype(np.int64)
+    lengths = matrix.indptr[rows + 1].astype(np.int64) - starts
+    first = np.cumsum(lengths) - lengths  # where each row's entries begin in the output
+    offsets = np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))
+    return np.repeat(np.arange(len(rows)), lengths), matrix.indices[offsets], matrix.data[offsets]
+
+
+def sparse_row_dots(matrix: sp.csr_matrix, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``matrix[left] @ matrix[right].T`` as dense float32, via the columns the rows actually use."""
+    left_pos, left_cols, left_vals = row_entries(matrix, left)
+    right_pos, right_cols, right_vals = row_entries(matrix, right)
+    columns, inverse = np.unique(np.concatenate([left_cols, right_cols]), return_inverse=True)
+    a = np.zeros((len(left), len(columns)), dtype=np.float32)
+    b = np.zeros((len(right), len(columns)), dtype=np.float32)
+    np.add.at(a, (left_pos, inverse[: len(left_cols)]), left_vals)
+    np.add.at(b, (right_pos, inverse[len(left_cols):]), right_vals)
+    return a @ b.T
+
+
+def cosine_between(vectors: np.ndarray, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Cosine similarity of rows ``items`` to rows ``others`` (the values of :func:`cosine_to_all`)."""
+    left, right = vectors[items], vectors[others]
+    left_norms, right_norms = np.linalg.norm(left, axis=1), np.linalg.norm(right, axis=1)
+    denominator = np.where(left_norms > 0, left_norms, 1.0)[:, None] * right_norms[None, :]
+    return np.divide(left @ right.T, denominator, out=np.zeros(denominator.shape, np.float32),
+                     where=denominator > 0)
 
 
 def cosine_to_all(vectors: np.ndarray, item: int) -> np.ndarray:

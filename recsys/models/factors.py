@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import Recommender, cosine_to_all
+from recsys.models.base import Recommender, cosine_between, cosine_to_all
 
 
 def fold_in(history: sp.csr_matrix, item_factors: np.ndarray, regularization: float) -> np.ndarray:
@@ -66,6 +66,13 @@ class FactorModel(Recommender):
             return None
         similarity = cosine_to_all(self.item_factors, item)
         similarity[~self.known_items] = 0.0
+        return similarity
+
+    def item_similarity_matrix(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+        items, others = np.asarray(items, dtype=np.int64), np.asarray(others, dtype=np.int64)
+        similarity = cosine_between(self.item_factors, items, others)
+        similarity[:, ~self.known_items[others]] = 0.0
+        similarity[~self.known_items[items]] = np.nan
         return similarity
 
     def _arrays(self) -> dict[str, np.ndarray]:

@@ -4,7 +4,9 @@
                 + w_content · cos(profile(u), f(i))
                 + w_pop · pop_seg(u)(i) / max_j pop_seg(u)(j)
 
-``cf`` is ALS; ``f(i)`` the item's L2-normalised facets (category, kind, tags, region);
+``cf`` is the collaborative model named by ``cf_model``: ALS (default; warm-started on
+refit, folds in new users), item-kNN or EASE, each with its own typed config; ``f(i)`` the
+item's L2-normalised facets (category, kind, tags, region);
 ``profile(u)`` the confidence-weighted sum of the facets of the user's history. An event
 announced yesterday has no interactions, so ALS cannot score it, but its facets can match
 a user's taste: that is how new events reach people ("你关注的类别有新活动").
@@ -12,19 +14,27 @@ a user's taste: that is how new events reach people ("你关注的类别有新�
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Literal, Self
 
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
 from recsys.models.als import ALSConfig, ALSModel
-from recsys.models.base import ModelConfig, Recommender, TrainingData, csr_arrays, csr_from
+from recsys.models.base import ModelConfig, Recommender, TrainingData, csr_arrays, csr_from, sparse_row_dots
+from recsys.models.ease import EASEConfig, EASEModel
+from recsys.models.itemknn import ItemKNNConfig, ItemKNNModel
 from recsys.models.popularity import PopularityConfig, PopularityModel
+
+CF_MODELS: dict[str, type[Recommender]] = {"als": ALSModel, "itemknn": ItemKNNModel, "ease": EASEModel}
+"""The collaborative parts a hybrid can use; each reads the config table of its own name."""
 
 
 class HybridConfig(ModelConfig):
+    cf_model: Literal["als", "itemknn", "ease"] = "als"
     als: ALSConfig = ALSConfig()
+    itemknn: ItemKNNConfig = ItemKNNConfig()
+    ease: EASEConfig = EASEConfig()
     popularity: PopularityConfig = PopularityConfig()
     cf_weight: float = Field(1.0, ge=0)
     content_weight: float = Field(0.3, ge=0)
@@ -40,12 +50,16 @@ class HybridModel(Recommender):
     config: HybridConfig
 
     def fit(self, data: TrainingData) -> Self:
-        self.cf = ALSModel(self.config.als).fit(data)
+        self.cf = self._new_cf().fit(data)
         return self._fit_rest(data)
 
     def refit(self, data: TrainingData) -> Self:
-        self.cf = self.cf.refit(data) if self._fitted else ALSModel(self.config.als).fit(data)
+        self.cf = self.cf.refit(data) if self._fitted else self._new_cf().fit(data)
         return self._fit_rest(data)
+
+    def _new_cf(self) -> Recommender:
+        name = self.config.cf_model
+        return CF_MODELS[name](getattr(self.config, name))
 
     def _fit_rest(self, data: TrainingData) -> Self:
         self.popularity = PopularityModel(self.config.popularity).fit(data)
@@ -86,6 +100,12 @@ class HybridModel(Recommender):
             return content
         return 0.7 * collaborative + 0.3 * content
 
+    def item_similarity_matrix(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+        items, others = np.asarray(items, dtype=np.int64), np.asarray(others, dtype=np.int64)
+        content = sparse_row_dots(self.facets, items, others)
+        collaborative = self.cf.item_similarity_matrix(items, others)
+        return np.where(np.isnan(collaborative), content, 0.7 * collaborative + 0.3 * content).astype(np.float32)
+
     # ---- persistence -----------------------------------------------------------------
     def _arrays(self) -> dict[str, np.ndarray]:
         arrays = {f"cf.{k}": v for k, v in self.cf._arrays().items()}
@@ -94,7 +114,7 @@ class HybridModel(Recommender):
         return arrays
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
-        self.cf = ALSModel(self.config.als)
+        self.cf = self._new_cf()
         self.cf._restore({k[3:]: v for k, v in arrays.items() if k.startswith("cf.")})
         self.cf._fitted = True
         self.popularity = PopularityModel(self.config.popularity)

@@ -12,6 +12,7 @@ global ones and m the shrinkage (in weight units).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Self
 
 import numpy as np
@@ -42,24 +43,40 @@ class PopularityModel(Recommender):
         self.region_weight = _group_sums(weights, self.user_region, max(len(users.regions), 1))
         self.regions = np.array(users.regions, dtype=str)
         self.ages = np.array(users.ages, dtype=str)
+        self._memo = {}
         self._fitted = True
         return self
 
     # ---- public fallbacks ------------------------------------------------------------
     def global_scores(self) -> np.ndarray:
+        return self._remembered(("global",), self._global)
+
+    def _global(self) -> np.ndarray:
         total = self.global_weight.sum()
         return (self.global_weight / total if total > 0 else self.global_weight).astype(np.float32)
+
+    def _remembered(self, key: tuple, compute: Callable[[], np.ndarray | None]) -> np.ndarray | None:
+        """Fallback scores are asked for on every request and fixed once fitted: compute each
+        once, and hand out read-only arrays so no caller can change what the next one gets."""
+        memo: dict[tuple, np.ndarray | None] = self.__dict__.setdefault("_memo", {})
+        if key not in memo:
+            scores = compute()
+            if scores is not None:
+                scores.flags.writeable = False
+            memo[key] = scores
+        return memo[key]
 
     def segment_scores(self, region: str | None, age_band: str | None) -> np.ndarray | None:
         """Shrunk popularity of region x age band, or None if the segment is unknown/empty."""
         r, a = code_of(list(self.regions), region), code_of(list(self.ages), age_band)
         if r < 0 or a < 0:
             return None
-        return self._shrunk(self.segment_weight[r * len(self.ages) + a])
+        segment = r * len(self.ages) + a
+        return self._remembered(("segment", segment), lambda: self._shrunk(self.segment_weight[segment]))
 
     def region_scores(self, region: str | None) -> np.ndarray | None:
         r = code_of(list(self.regions), region)
-        return None if r < 0 else self._shrunk(self.region_weight[r])
+        return None if r < 0 else self._remembered(("region", r), lambda: self._shrunk(self.region_weight[r]))
 
     def _shrunk(self, group_weight: np.ndarray) -> np.ndarray | None:
         total = group_weight.sum()
@@ -78,7 +95,8 @@ class PopularityModel(Recommender):
             return scores
         segments = np.where(users >= 0, self.user_segment[np.clip(users, 0, None)], -1)
         for segment in np.unique(segments[segments >= 0]):
-            shrunk = self._shrunk(self.segment_weight[segment])
+            shrunk = self._remembered(("segment", int(segment)),
+                                      lambda s=segment: self._shrunk(self.segment_weight[s]))
             if shrunk is not None:
                 scores[segments == segment] = shrunk
         return scores
@@ -93,6 +111,7 @@ class PopularityModel(Recommender):
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
         for key, value in arrays.items():
             setattr(self, key, value)
+        self._memo = {}
 
 
 def _group_sums(weights: sp.csr_matrix, groups: np.ndarray, n_groups: int) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""HTTP routers of the recommendation API, one module per resource."""

@@ -1,0 +1,131 @@
+"""The app factory: ``uvicorn serving.app:create_app --factory``.
+
+Startup (the lifespan) loads the champion, or the last-known-good copy when the registry
+is unavailable, or nothing: the server starts in every case, ``/healthz`` answers, and
+``/readyz`` says whether and how a model is served. Every error response is JSON
+``{"detail": ...}``; bad input is a 4xx, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from threadpoolctl import threadpool_limits
+
+from recsys.home import EngineHome
+from serving.cache import LastKnownGood
+from serving.config import ServingSettings
+from serving.deps import Services
+from serving.live import LiveInteractions
+from serving.metrics import Metrics, MetricsMiddleware
+from serving.reports import ReportFiles
+from serving.routers import admin, interactions, ops, recommendations, reports
+from serving.segments import SegmentWriter
+from serving.sources import DirectorySource, ModelSource, RegistrySource
+from serving.state import ModelHolder, ServedModel
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Recommendations for a public cultural-resource platform (文化云): personal lists, district
+lists and similar items, all obeying the delivery rules (nothing seen, hidden or ended;
+distance and kind filters; named fallbacks for users the model cannot personalise).
+Interactions posted here count in the user's next request and in the next training run.
+"""
+
+
+def create_app(settings: ServingSettings | None = None) -> FastAPI:
+    """Build the API (the model is loaded at startup, not here)."""
+    settings = settings or ServingSettings()
+    services = build_services(settings)
+    app = FastAPI(
+        title="Cultural recommendation API", version="1", description=DESCRIPTION,
+        lifespan=_lifespan,
+    )
+    app.state.services = services
+    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    _add_error_handlers(app)
+    for module in (recommendations, interactions, ops, admin, reports):
+        app.include_router(module.router)
+    return app
+
+
+def build_services(settings: ServingSettings) -> Services:
+    home = settings.engine_home()
+    metrics = Metrics()
+    holder = ModelHolder(
+        model_source(settings, home), LastKnownGood(home.serving_cache), home.serving_cache.parent / "downloads",
+        lang=settings.lang, on_change=lambda served: _publish(metrics, served),
+    )
+    return Services(
+        settings=settings,
+        holder=holder,
+        live=LiveInteractions(settings.live_max_users, settings.live_max_items_per_user),
+        segments=SegmentWriter(home.incoming),
+        reports=ReportFiles(home.reports / "latest"),
+        metrics=metrics,
+    )
+
+
+def model_source(settings: ServingSettings, home: EngineHome) -> ModelSource:
+    if settings.model_dir is not None:
+        return DirectorySource(settings.model_dir)
+    return RegistrySource(home.tracking_uri(), settings.model_name, settings.model_alias)
+
+
+def _publish(metrics: Metrics, served: ServedModel) -> None:
+    metrics.served(served.version, served.labels(), served.degraded is not None)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    services: Services = app.state.services
+    blas = threadpool_limits(limits=services.settings.blas_threads, user_api="blas")
+    await anyio.to_thread.run_sync(services.holder.start)
+    interval = services.settings.reload_interval
+    poller = asyncio.create_task(_poll(services, interval)) if interval > 0 else None
+    try:
+        yield
+    finally:
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        services.segments.close()
+        blas.restore_original_limits()
+
+
+async def _poll(services: Services, interval: float) -> None:
+    """Follow the registry: reload whenever the alias points at another version."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if await anyio.to_thread.run_sync(services.holder.reload_if_changed):
+                services.metrics.reloads.labels("ok").inc()
+        except Exception:  # a failed reload keeps the old model; try again next time
+            services.metrics.reloads.labels("failed").inc()
+            log.exception("scheduled reload failed")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in errors)
+        return JSONResponse({"detail": detail or "invalid request", "errors": jsonable_encoder(errors)},
+                            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)

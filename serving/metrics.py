@@ -1,0 +1,93 @@
+"""Prometheus metrics: requests and latency per route template, fallbacks, the served model.
+
+Each app owns its :class:`CollectorRegistry`, so several apps in one process (tests) never
+collide. Routes are labelled by their template (``/v1/users/{user_id}/recommendations``),
+never by the raw path, to keep the label set bounded. With several workers every process
+exposes its own numbers (scrape each, or aggregate at the collector).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+UNMATCHED = "unmatched"
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("recsys_http_requests", "HTTP requests by route template and status",
+                                ["method", "route", "status"], registry=r)
+        self.latency = Histogram("recsys_http_request_duration_seconds", "Request latency by route template",
+                                 ["method", "route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.fallbacks = Counter("recsys_fallbacks", "Recommendation lists served from a fallback, by kind",
+                                 ["endpoint", "kind"], registry=r)
+        self.interactions = Counter("recsys_interactions", "Posted interactions by outcome", ["outcome"], registry=r)
+        self.reloads = Counter("recsys_model_reloads", "Model (re)loads by outcome", ["outcome"], registry=r)
+        self.model_version = Gauge("recsys_model_version", "Served model version (numeric registry versions)",
+                                   registry=r)
+        self.model_degraded = Gauge("recsys_model_degraded", "1 while serving the last-known-good copy", registry=r)
+        self.model_info = Info("recsys_model", "The served model", registry=r)
+
+    def served(self, version: str | None, info: dict[str, str], degraded: bool) -> None:
+        self.model_version.set(float(version) if version and version.isdigit() else -1)
+        self.model_degraded.set(1 if degraded else 0)
+        self.model_info.info(info)
+
+    def fallback(self, endpoint: str, kind: str | None) -> None:
+        if kind:
+            self.fallbacks.labels(endpoint, kind).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware (no per-request task or body buffering) timing each request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_with_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = _template(scope, status["code"])
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, route, str(status["code"])).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+
+
+def _template(scope: dict[str, Any], status: int) -> str:
+    """The matched route's path template (API routes leave themselves in the shared scope).
+
+    Plain routes (the docs) leave nothing; only they can answer 2xx without it, and their paths
+    are fixed, so a 2xx is labelled by its path. Anything else (404s, slash redirects) is
+    ``unmatched``: a label must never be a path the caller chose.
+    """
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return re.sub(r":\w+}", "}", path)
+    return str(scope.get("path", UNMATCHED)) if 200 <= status < 300 else UNMATCHED

@@ -1,0 +1,97 @@
+"""Posted interactions: validated one by one, made durable, then applied to live state.
+
+A bad element never fails its batch: it is listed in ``rejected`` with its index and a
+reason code from :class:`recsys.contract.Reason`. Accepted rows are fsynced to this
+process's incoming segment before the answer, then folded into the user's next request.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, status
+from pydantic import ValidationError
+
+from recsys.catalog import Catalog
+from recsys.contract import InteractionIn, Reason
+from serving.deps import ServedDep, ServicesDep
+from serving.schemas import InteractionsAccepted, Rejection
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", tags=["interactions"])
+
+_EXAMPLE = [
+    {"user_id": "u000042", "item_id": "op000123", "action": "reserve", "ts": "2026-11-20T19:30:00+08:00"},
+    {"user_id": "u000042", "item_id": "dg000007", "action": "rate", "ts": 1795000000, "value": 5},
+]
+_BODY_DOC = {"requestBody": {"content": {"application/json": {
+    "schema": {"type": "array", "items": InteractionIn.model_json_schema()}, "example": _EXAMPLE,
+}}}}
+
+
+@router.post("/interactions", status_code=status.HTTP_202_ACCEPTED, response_model=InteractionsAccepted,
+             openapi_extra=_BODY_DOC)
+def post_interactions(batch: Annotated[list[Any], Body()], served: ServedDep, svc: ServicesDep) -> InteractionsAccepted:
+    """Accept a list of interactions; each element is validated on its own."""
+    if len(batch) > svc.settings.max_batch:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
+                            detail=f"at most {svc.settings.max_batch} interactions per request, got {len(batch)}")
+    timezone = served.bundle.settings.timezone
+    accepted: list[InteractionIn] = []
+    records: list[dict[str, Any]] = []
+    rejected: list[Rejection] = []
+    for index, element in enumerate(batch):
+        checked = check_interaction(index, element, served.engine.catalog, timezone)
+        if isinstance(checked, Rejection):
+            rejected.append(checked)
+        else:
+            accepted.append(checked[0])
+            records.append(checked[1])
+    if records:
+        try:
+            svc.segments.append(records)
+        except OSError as exc:  # nothing was acknowledged: the client may retry the whole batch
+            log.exception("could not persist %d interactions", len(records))
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                                detail="could not store the interactions; retry later") from exc
+    weight_of = served.bundle.settings.weight_of
+    for row in accepted:
+        svc.live.add(row.user_id, row.item_id, weight_of(row.action, row.value))
+    svc.metrics.interactions.labels("accepted").inc(len(accepted))
+    svc.metrics.interactions.labels("rejected").inc(len(rejected))
+    return InteractionsAccepted(accepted=len(accepted), rejected=rejected)
+
+
+def check_interaction(index: int, element: Any, catalog: Catalog,
+                      timezone: str) -> Rejection | tuple[InteractionIn, dict[str, Any]]:
+    """The validated row and its segment record, or why it is rejected."""
+    if not isinstance(element, dict):
+        return Rejection(index=index, reason=Reason.MISSING_FIELD, detail="an interaction must be a JSON object")
+    try:
+        row = InteractionIn.model_validate(element)
+    except ValidationError as exc:
+        reason, detail = _reason_of(exc)
+        return Rejection(index=index, reason=reason, detail=detail)
+    try:
+        moment = row.timestamp(timezone)
+    except ValueError as exc:
+        return Rejection(index=index, reason=Reason.BAD_TIME, detail=str(exc))
+    if row.item_id not in catalog.items:
+        return Rejection(index=index, reason=Reason.UNKNOWN_ITEM, detail=f"item {row.item_id!r} is not in the catalog")
+    record = {"user_id": row.user_id, "item_id": row.item_id, "action": row.action,
+              "ts": moment.isoformat(), "value": row.value}
+    return row, record
+
+
+def _reason_of(exc: ValidationError) -> tuple[Reason, str]:
+    """The first problem of an element as a contract reason code and a message."""
+    error = exc.errors(include_url=False, include_input=False)[0]
+    field = str(error["loc"][0]) if error["loc"] else ""
+    detail = f"{field}: {error['msg']}" if field else error["msg"]
+    if error["type"] == "missing":
+        return Reason.MISSING_FIELD, detail
+    if field in ("user_id", "item_id"):
+        return (Reason.ID_TOO_LONG if error["type"] == "string_too_long" else Reason.MISSING_FIELD), detail
+    return {"action": Reason.UNKNOWN_ACTION, "ts": Reason.BAD_TIME}.get(field, Reason.BAD_VALUE), detail

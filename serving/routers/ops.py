@@ -1,0 +1,72 @@
+"""Operations: the served model, liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+from fastapi.responses import JSONResponse
+
+from serving.deps import ServedDep, ServicesDep
+from serving.schemas import Health, ModelInfo, Readiness
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/v1/model", response_model=ModelInfo)
+async def model_info(served: ServedDep, svc: ServicesDep) -> ModelInfo:
+    """Which model answers: version, alias, training time and its key offline metrics."""
+    manifest = served.manifest
+    return ModelInfo(
+        version=served.version, alias=served.alias, name=served.model_name,
+        model=manifest.get("model"), trained_at=_text(manifest.get("trained_at")),
+        data_end=_text(manifest.get("data_end")), source=served.source,
+        degraded=served.degraded, loaded_at=served.loaded_at.isoformat(timespec="seconds"),
+        n_users=len(served.bundle.users), n_items=len(served.bundle.catalog),
+        metrics=key_metrics(manifest.get("metrics")),
+    )
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The process is up (says nothing about the model)."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "no model loaded"}})
+async def readyz(svc: ServicesDep) -> Any:
+    """Ready when a model is loaded; ``degraded`` while serving the last-known-good copy."""
+    current = svc.holder.current
+    if current is None:
+        body = Readiness(status="unavailable", version=None, reason=svc.holder.problem or "starting")
+        return JSONResponse(body.model_dump(), status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    if current.degraded:
+        return Readiness(status="degraded", version=current.version, reason=current.degraded)
+    return Readiness(status="ready", version=current.version, reason=None)
+
+
+@router.get("/metrics", response_class=Response, include_in_schema=False)
+async def metrics(svc: ServicesDep) -> Response:
+    return Response(svc.metrics.render(), media_type=svc.metrics.content_type)
+
+
+def key_metrics(metrics: Any) -> dict[str, float]:
+    """Numeric metrics from the manifest, one level of nesting flattened to dotted names."""
+    if not isinstance(metrics, dict):
+        return {}
+    flat: dict[str, float] = {}
+    for name, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update({f"{name}.{k}": float(v) for k, v in value.items() if _is_number(v)})
+        elif _is_number(value):
+            flat[str(name)] = float(value)
+    return flat
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)

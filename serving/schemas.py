@@ -1,0 +1,146 @@
+"""Response bodies of the API (pydantic models with examples for the OpenAPI docs)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Fallback = Literal["segment_popularity", "region_popularity", "popularity"]
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    title: str
+    kind: str | None
+    category: str | None
+    score: float
+    reason: str = Field(description="short plain-language reason shown next to the item")
+
+
+class _ListBody(BaseModel):
+    model_version: str
+    generated_at: str = Field(description="ISO-8601 UTC time the list was made")
+    fallback: Fallback | None = Field(
+        None, description="null for a personal list; else the popularity the list falls back to"
+    )
+    items: list[RecommendedItem]
+
+
+_ITEM_EXAMPLE = {"item_id": "op000123", "title": "《锁麟囊》全本", "kind": "opera", "category": "戏曲",
+                 "score": 0.87, "reason": "因为你参加过《霸王别姬》"}
+
+
+class UserRecommendations(_ListBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "user_id": "u000042", "model_version": "7", "generated_at": "2026-11-20T11:30:00+00:00",
+        "fallback": None, "items": [_ITEM_EXAMPLE],
+    }]})
+    user_id: str
+
+
+class RegionRecommendations(_ListBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "region_code": "110119", "model_version": "7", "generated_at": "2026-11-20T11:30:00+00:00",
+        "fallback": None, "items": [{**_ITEM_EXAMPLE, "reason": "本区居民喜爱"}],
+    }]})
+    region_code: str
+
+
+class SimilarItems(_ListBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "item_id": "op000088", "model_version": "7", "generated_at": "2026-11-20T11:30:00+00:00",
+        "fallback": None, "items": [{**_ITEM_EXAMPLE, "reason": "与《霸王别姬》相似"}],
+    }]})
+    item_id: str
+
+
+class Rejection(BaseModel):
+    index: int = Field(description="position of the element in the posted list")
+    reason: str = Field(description="machine-readable code (recsys.contract.Reason)")
+    detail: str = Field(description="what exactly is wrong")
+
+
+class InteractionsAccepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "accepted": 2, "rejected": [{"index": 2, "reason": "unknown_action", "detail": "unknown action 'like'"}],
+    }]})
+    accepted: int
+    rejected: list[Rejection]
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [{
+        "version": "7", "alias": "champion", "name": "cultural-recsys", "model": "hybrid",
+        "trained_at": "2026-11-16T02:00:00+00:00", "data_end": "2026-11-15 23:58:10+08:00",
+        "source": "registry", "degraded": None,
+        "loaded_at": "2026-11-16T02:05:00+00:00", "n_users": 1000000, "n_items": 20000,
+        "metrics": {"ndcg@10": 0.21, "recall@20": 0.34},
+    }]})
+    version: str
+    alias: str | None
+    name: str = Field(description="registered model name (or the bundle directory)")
+    model: str | None = Field(description="algorithm, e.g. hybrid")
+    trained_at: str | None
+    data_end: str | None = Field(None, description="last interaction the model was trained on")
+    source: Literal["registry", "directory", "last_known_good"]
+    degraded: str | None = Field(description="why the last-known-good copy is served, if it is")
+    loaded_at: str
+    n_users: int
+    n_items: int
+    metrics: dict[str, float] = Field(description="key numeric metrics from the bundle manifest")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"status": "ready", "version": "7", "reason": None},
+        {"status": "degraded", "version": "6", "reason": "no cultural-recsys@champion in the registry ...; "
+                                                          "serving the last-known-good copy of version 6"},
+    ]})
+    status: Literal["ready", "degraded", "unavailable"]
+    version: str | None
+    reason: str | None
+
+
+class ReloadResult(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"status": "reloaded", "version": "8", "previous_version": "7"},
+    ]})
+    status: Literal["reloaded"]
+    version: str
+    previous_version: str | None
+
+
+class RegionReportEntry(BaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "region_code": "110119", "name": "延庆区", "suppressed": False, "active_users": 812,
+        "top_lifts": [{"segment_type": "region_age", "age_band": "60+", "category": "戏曲", "share": 0.31,
+                       "lift": 2.6, "users": 120}],
+        "gaps": [{"category": "戏曲", "demand_share": 0.22, "supply_share": 0.08, "gap": 0.14,
+                  "status": "undersupplied", "supply_items": 4}],
+    }]})
+    region_code: str
+    name: str | None = None
+    suppressed: bool = False
+    active_users: int | None = None
+    top_lifts: list[dict[str, Any]] = Field(default_factory=list)
+    gaps: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class RegionsReport(BaseModel):
+    generated_at: str | None
+    window: dict[str, Any] | None
+    min_users: int | None
+    regions: list[RegionReportEntry]
+
+
+class RegionReport(RegionReportEntry):
+    """One region's full block (adds trends and top items)."""
+
+    trends: list[dict[str, Any]] = Field(default_factory=list)
+    top_items: list[dict[str, Any]] = Field(default_factory=list)
+    report_generated_at: str | None = None

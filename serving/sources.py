@@ -1,0 +1,149 @@
+"""Where a server gets its model: the MLflow registry alias, or a plain bundle directory.
+
+A source answers two questions: which version is current (cheap, asked by the poller) and
+"put that version's bundle directory here" (a download, or nothing for a local directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+_MLFLOW_LOCK = threading.Lock()
+
+
+class SourceError(RuntimeError):
+    """The source cannot say which model is current or cannot deliver it."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A bundle directory on local disk and what it is."""
+
+    bundle_dir: Path
+    version: str
+    alias: str | None
+    model_name: str
+    source: str
+    """``registry`` or ``directory``."""
+    owned: bool
+    """Whether the directory is a private download the caller may move or delete."""
+
+
+class ModelSource(Protocol):
+    kind: str
+
+    def current_version(self) -> str:
+        """The version that :meth:`fetch` would deliver now."""
+        ...
+
+    def fetch(self, workdir: Path) -> Fetched:
+        """Make the current version's bundle available on disk (``workdir`` is an empty scratch dir)."""
+        ...
+
+
+def find_bundle_dir(root: Path) -> Path:
+    """The directory holding ``manifest.json`` inside a download (shallowest first)."""
+    if (root / MANIFEST).is_file():
+        return root
+    found = sorted(root.rglob(MANIFEST), key=lambda p: (len(p.parts), str(p)))
+    if not found:
+        raise SourceError(f"no {MANIFEST} in the downloaded model at {root}")
+    return found[0].parent
+
+
+class DirectorySource:
+    """A bundle directory on disk; its version is the manifest's ``version`` or a content hash."""
+
+    kind = "directory"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def current_version(self) -> str:
+        try:
+            text = (self.directory / MANIFEST).read_bytes()
+        except OSError as exc:
+            raise SourceError(f"cannot read {self.directory / MANIFEST}: {exc}") from exc
+        return directory_version(text)
+
+    def fetch(self, workdir: Path) -> Fetched:
+        version = self.current_version()
+        return Fetched(self.directory, version, None, str(self.directory), self.kind, owned=False)
+
+
+def directory_version(manifest_bytes: bytes) -> str:
+    """``local-<hash>`` of a manifest, so a rewritten directory counts as a new version."""
+    return "local-" + hashlib.sha256(manifest_bytes).hexdigest()[:12]
+
+
+class RegistrySource:
+    """A registered model's alias in an MLflow registry (``models:/<name>@<alias>``)."""
+
+    kind = "registry"
+
+    def __init__(self, tracking_uri: str, model_name: str, alias: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.alias = alias
+        _quiet_mlflow()
+
+    def _client(self):  # noqa: ANN202 - MlflowClient is imported lazily (slow import)
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def current_version(self) -> str:
+        try:
+            return str(self._client().get_model_version_by_alias(self.model_name, self.alias).version)
+        except Exception as exc:  # unreachable store, unknown model or alias: all mean "no champion"
+            raise SourceError(f"no {self.model_name}@{self.alias} in the registry at "
+                              f"{_redacted(self.tracking_uri)}: {_first_line(exc)}") from exc
+
+    def fetch(self, workdir: Path) -> Fetched:
+        import mlflow
+
+        # Resolve the alias once and download that exact version, so a concurrent alias move
+        # cannot pair one version's number with another's files.
+        version = self.current_version()
+        uri = f"models:/{self.model_name}/{version}"
+        try:
+            # ``models:/`` URIs resolve through the process-wide registry URI; the server has one
+            # registry, and the lock keeps two sources in one process (tests) from crossing.
+            with _MLFLOW_LOCK:
+                mlflow.set_registry_uri(self.tracking_uri)
+                local = mlflow.artifacts.download_artifacts(uri, dst_path=str(workdir), tracking_uri=self.tracking_uri)
+        except Exception as exc:
+            raise SourceError(f"cannot download {uri}: {_first_line(exc)}") from exc
+        bundle_dir = find_bundle_dir(Path(local))
+        return Fetched(bundle_dir, version, self.alias, self.model_name, self.kind, owned=True)
+
+
+def _quiet_mlflow() -> None:
+    """No telemetry, no progress bars, and give up quickly on an unreachable tracking server."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _redacted(uri: str) -> str:
+    """A URI without credentials (``https://user:pass@host`` -> ``https://***@host``)."""
+    scheme, sep, rest = uri.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
