@@ -24,6 +24,7 @@ from features.dataset import Dataset, Split, load_dataset
 from features.ingest import ingest
 from recsys import models
 from recsys.bundle import ModelBundle
+from recsys.candidates import attach_candidates
 from recsys.home import EngineHome
 from recsys.models.base import Recommender
 from training import gate, registry
@@ -160,14 +161,18 @@ def evaluate_and_register(home: EngineHome, options: TrainOptions, data: Dataset
     )
 
 
+LOCK_WAIT_SECONDS = 600
+"""How long training waits for a running ingest to finish before giving up."""
+
+
 def ingest_incoming(home: EngineHome) -> None:
-    """Fold the API's durable interaction segments into the store before reading it."""
-    try:
-        from features.ingest import ingest
-    except ImportError:  # pragma: no cover - ingest is part of the package
-        return
+    """Fold the API's durable interaction segments into the store before reading it.
+
+    This goes through the store's writer lock, so a train started during an ingest waits
+    for it (and an ingest started meanwhile waits for this one) instead of interleaving.
+    """
     if home.incoming.exists():
-        ingest(home, include_incoming=True)
+        ingest(home, include_incoming=True, wait_seconds=LOCK_WAIT_SECONDS)
 
 
 def _baseline(split: Split, cfg: TrainConfig) -> Evaluation:
@@ -242,7 +247,7 @@ def _save_bundle(model, data: Dataset, cfg: TrainConfig, metrics: dict[str, floa
         "config_hash": cfg.config_hash(), "metrics": {k: metrics.get(k) for k in KEY_METRICS},
     }
     bundle = ModelBundle(model, data.full.catalog, data.full.users, data.full.weights, cfg.engine, manifest)
-    return bundle.save(directory / "bundle")
+    return attach_candidates(bundle).save(directory / "bundle")  # the server's per-user fast path
 
 
 def _report(home: EngineHome, run_id: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -27,6 +28,11 @@ class ModelName(StrEnum):
     ease = "ease"
 
 
+class Engine(StrEnum):
+    implicit = "implicit"
+    spark = "spark"
+
+
 def train_cmd(
     model: Annotated[ModelName | None, typer.Option("--model", help="Model (default: config, else hybrid)")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML config (experiments/configs/*.toml)")] = None,
@@ -36,6 +42,10 @@ def train_cmd(
     tolerance: Annotated[float, typer.Option("--tolerance", min=0, max=1, help="Allowed NDCG@10 drop")] = 0.02,
     rural_floor: Annotated[float, typer.Option("--rural-floor", min=0, help="Min rural/urban NDCG ratio")] = 0.8,
     report: Annotated[bool, typer.Option("--report", help="Also write the planner report and log it")] = False,
+    engine: Annotated[Engine, typer.Option("--engine", help="Fit in-process (implicit) or on Spark (MLlib ALS; "
+                                                            "models als and hybrid)")] = Engine.implicit,
+    spark_master: Annotated[str | None, typer.Option("--spark-master", help="Spark master URL for --engine spark "
+                                                                            "(default local[*])")] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -43,13 +53,27 @@ def train_cmd(
     from training.config import load_config
     from training.train import TrainOptions, train
 
+    if spark_master is not None and engine is not Engine.spark:
+        raise fail("--spark-master needs --engine spark")
     with user_errors():
         cfg = load_config(config, model.value if model else None)
         options = TrainOptions(config=cfg, test_days=test_days, seed=seed, promote=not no_promote,
                                tolerance=tolerance, rural_floor=rural_floor, report=report)
+        run = train if engine is Engine.implicit else _spark_trainer(spark_master)
         with Console(stderr=True).status("training") as status:
-            result = train(home_of(home), options, progress=lambda step: status.update(f"[bold]{step}"))
+            result = run(home_of(home), options, progress=lambda step: status.update(f"[bold]{step}"))
     emit(result.to_dict(), as_json, _render_train)
+
+
+def _spark_trainer(master: str | None) -> Callable[..., Any]:
+    """``train_spark`` bound to ``master``; a clear error when the ``spark`` extra is missing."""
+    try:
+        from training.spark_train import SparkOptions, train_spark
+    except ImportError as exc:
+        raise fail(f"--engine spark needs pyspark ({exc}); install it with: pip install 'cultural-recsys[spark]'") \
+            from exc
+    options = SparkOptions(master=master) if master else SparkOptions()
+    return lambda home, train_options, progress: train_spark(home, train_options, options, progress=progress)
 
 
 def _render_train(summary: dict[str, Any]) -> None:
