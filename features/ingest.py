@@ -11,13 +11,23 @@ A file that cannot be read or lacks a required column raises
 :class:`recsys.contract.ContractError` before anything touches the disk. A file whose
 sha256 is already in the log is skipped. ``retry_quarantine`` runs the same validation
 over the quarantined rows (an interaction whose item arrived since then now passes).
+
+Right to erasure: rows of a user listed in ``store/tombstones.jsonl`` never enter the
+store (they are counted as ``erased``: ``input_rows == accepted + quarantined + duplicates
++ erased``), and every ingest compacts users erased since the last compaction away, inside
+its own transaction: the day partitions and quarantine files holding their rows are
+rewritten without them as files of this run and retired by its log line, ``users.parquet``
+is replaced without them, and their lines in the API's incoming segments are blanked.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -74,13 +84,18 @@ class TableCounts:
     duplicates: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     skipped_same_file: bool = False
+    erased: int = 0
+    """Rows of users erased on request: dropped, never stored."""
 
     @property
     def reconciles(self) -> bool:
-        return self.input_rows == self.accepted + self.quarantined + self.duplicates
+        return self.input_rows == self.accepted + self.quarantined + self.duplicates + self.erased
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "reconciles": self.reconciles}
+        values = asdict(self)
+        if not self.erased:  # the usual case keeps the usual shape
+            del values["erased"]
+        return {**values, "reconciles": self.reconciles}
 
 
 @dataclass
@@ -98,7 +113,7 @@ class IngestSummary:
             "committed": self.committed,
             "tables": {name: counts.to_dict() for name, counts in self.tables.items()},
             "quarantine_file": str(self.quarantine_file) if self.quarantine_file else None,
-            "rule": "input_rows = accepted + quarantined + duplicates",
+            "rule": "input_rows = accepted + quarantined + duplicates (+ erased)",
         }
 
 
@@ -252,6 +267,33 @@ def _parse_lines(chunk: bytes, source: str, first_line: int) -> tuple[list[dict[
     return rows, len(lines)
 
 
+SERVER_SEGMENT = re.compile(r"\d{8}T\d{6,12}Z-\d+\.jsonl")
+"""Names of segments written by ``serving.segments.SegmentWriter`` (which flock their file)."""
+
+
+def abandoned(segment: Path) -> bool:
+    """Whether a server's segment has no live writer any more (nobody holds its flock).
+
+    Only segments named like a server's count: other files in ``incoming/`` may be written
+    by tools that take no lock, and their unterminated last line keeps waiting.
+    """
+    if not SERVER_SEGMENT.fullmatch(segment.name):
+        return False
+    try:
+        fd = os.open(segment, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(fd)
+
+
 def _read_incoming_raw(home: EngineHome, entries: list[dict]) -> _Incoming:
     """New complete lines of every segment, from the committed offset up to the last newline."""
     done = _committed_offsets(entries)
@@ -268,10 +310,15 @@ def _read_incoming_raw(home: EngineHome, entries: list[dict]) -> _Incoming:
         with open(segment, "rb") as fh:
             fh.seek(start)
             chunk = fh.read(size - start)
-        complete = chunk.rfind(b"\n") + 1  # an unterminated last line waits for the next run
+        complete = chunk.rfind(b"\n") + 1  # an unterminated last line waits for the next run...
+        lines = chunk[:complete]
+        if complete < len(chunk) and abandoned(segment):
+            # ...unless its writer died mid-line: then it is torn for good and read as one last line.
+            log.warning("the server writing %s died mid-line; its torn last line goes to quarantine", segment)
+            lines, complete = chunk + b"\n", len(chunk)
         if complete == 0:
             continue
-        parsed, consumed = _parse_lines(chunk[:complete], str(segment), first_line)
+        parsed, consumed = _parse_lines(lines, str(segment), first_line)
         rows.extend(parsed)
         offsets[segment.name] = {"start": start, "end": start + complete, "first_line": first_line,
                                  "lines": consumed}
@@ -279,6 +326,173 @@ def _read_incoming_raw(home: EngineHome, entries: list[dict]) -> _Incoming:
     schema = {**columns, SOURCE: pl.String(), ROW: pl.Int64(), TORN: pl.Boolean(), RAW_LINE: pl.String()}
     frame = pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
     return _Incoming(frame, offsets)
+
+
+# --------------------------------------------------------------------------- erasure
+
+
+@dataclass(frozen=True)
+class _Erasure:
+    """Users erased on request, and those erased since the last compaction."""
+
+    users: frozenset[str]
+    new: frozenset[str]
+    tombstones_end: int
+    """Bytes of ``tombstones.jsonl`` read (complete lines only)."""
+    compacted_end: int
+    """Bytes of it that committed runs have already compacted away."""
+
+    @property
+    def pending(self) -> bool:
+        return self.tombstones_end != self.compacted_end
+
+
+def _erasure(home: EngineHome, entries: Iterable[dict]) -> _Erasure:
+    compacted = max((int(e.get("erasure", {}).get("tombstones_end", 0)) for e in entries), default=0)
+    data = home.tombstones.read_bytes() if home.tombstones.exists() else b""
+    end = data.rfind(b"\n") + 1  # a line still being appended counts next time
+    start = compacted if compacted <= end else 0  # a file rewritten by hand is read again whole
+    return _Erasure(_tombstone_ids(data[:end]), _tombstone_ids(data[start:end]), end, compacted)
+
+
+def _tombstone_ids(data: bytes) -> frozenset[str]:
+    ids = set()
+    for line in data.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("user_id"), str):
+            ids.add(record["user_id"].strip())
+    return frozenset(ids)
+
+
+def _quoted(users: Iterable[str]) -> list[str]:
+    """The JSON spellings of the ids, as they appear inside a raw (torn) line."""
+    return sorted({json.dumps(u, ensure_ascii=ascii_only) for u in users for ascii_only in (False, True)})
+
+
+def _erased_mask(users: frozenset[str], *, raw_line: bool) -> pl.Expr:
+    """Rows of ``users``: by their user_id, or by a raw line that names one of them."""
+    by_id = pl.col("user_id").str.strip_chars().is_in(sorted(users)).fill_null(False)
+    if not raw_line:
+        return by_id
+    return by_id | pl.col(RAW_LINE).str.contains_any(_quoted(users)).fill_null(False)
+
+
+def _drop_erased(frame: pl.DataFrame, erasure: _Erasure, dropped: dict[str, int]) -> pl.DataFrame:
+    """``frame`` without the erased users' rows; counts them per source table into ``dropped``."""
+    if not erasure.users or frame.height == 0:
+        return frame
+    mask = frame.select(_erased_mask(erasure.users, raw_line=RAW_LINE in frame.columns)).to_series()
+    for table, n in frame.filter(mask).group_by(TABLE).len().iter_rows():
+        dropped[table] = dropped.get(table, 0) + n
+    return frame.filter(~mask)
+
+
+def _count_erased(tables: dict[str, TableCounts], dropped: dict[str, int]) -> None:
+    for table, n in dropped.items():
+        counts = tables.setdefault(table, TableCounts())
+        counts.input_rows += n
+        counts.erased += n
+
+
+@dataclass
+class _Compaction:
+    """What one run rewrites to remove users erased since the last compaction."""
+
+    interactions: pl.DataFrame  # the other rows of the retired partition files, plus DATE
+    quarantine: pl.DataFrame  # the other rows of the replaced quarantine files
+    retires: list[str] = field(default_factory=list)  # partition files, relative to the store
+    quarantine_replaces: list[str] = field(default_factory=list)  # quarantine file stems
+    users: pl.DataFrame | None = None  # users.parquet without them, when it holds any
+
+
+def _no_compaction() -> _Compaction:
+    return _Compaction(schemas.empty("interactions").with_columns(pl.lit(None, pl.String).alias(DATE)),
+                       pl.DataFrame(schema=QUARANTINE))
+
+
+def _compaction(home: EngineHome, erasure: _Erasure) -> _Compaction:
+    """Find the files holding rows of newly erased users, and what remains of them."""
+    result = _no_compaction()
+    if not erasure.new:
+        return result
+    path = "__file"
+    files = store.interaction_files(home)
+    if files:
+        hits = pl.scan_parquet(files, include_file_paths=path).filter(
+            _erased_mask(erasure.new, raw_line=False)).select(pl.col(path).unique()).collect()[path].to_list()
+        if hits:
+            kept = pl.scan_parquet(sorted(hits), include_file_paths=path).filter(
+                ~_erased_mask(erasure.users, raw_line=False)).collect()
+            day = pl.col(path).map_elements(lambda f: Path(f).parent.name.removeprefix("date="), pl.String)
+            result.interactions = kept.select([*schemas.INTERACTIONS, day.alias(DATE)])
+            result.retires = sorted(Path(f).relative_to(home.store).as_posix() for f in hits)
+    quarantine = store.quarantine_files(home)
+    if quarantine:
+        hits = pl.scan_parquet(quarantine, include_file_paths=path).filter(
+            _erased_mask(erasure.new, raw_line=True)).select(pl.col(path).unique()).collect()[path].to_list()
+        if hits:
+            result.quarantine = pl.scan_parquet(sorted(hits)).select(list(QUARANTINE)).filter(
+                ~_erased_mask(erasure.users, raw_line=True)).collect()
+            result.quarantine_replaces = sorted(Path(f).stem for f in hits)
+    if home.users.exists() and pl.scan_parquet(home.users).filter(
+            _erased_mask(erasure.users, raw_line=False)).select(pl.len()).collect().item():
+        result.users = store.scan_users(home).collect()  # the store reads them without the erased
+    return result
+
+
+def _blank_erased_lines(home: EngineHome, spans: dict[str, tuple[int, int]], users: frozenset[str]) -> int:
+    """Overwrite the erased users' complete lines in these byte ranges of the incoming segments.
+
+    Spaces of the same length keep every offset and line number the ingest log recorded, and a
+    blank line is no row. A server appending to a segment only writes past the ranges given
+    (they end at a newline the ingest has read), so the two never touch the same bytes.
+    """
+    blanked = 0
+    for name, (start, end) in sorted(spans.items()):
+        segment = home.incoming / name
+        if not segment.exists() or end <= start:
+            continue
+        with open(segment, "r+b") as fh:
+            fh.seek(start)
+            chunk = fh.read(end - start)
+            pieces = chunk.split(b"\n")
+            if pieces[-1] and not abandoned(segment):
+                pieces = pieces[:-1]  # a line still being written is not ours to touch
+            offset, changed = start, False
+            for line in pieces:
+                if line.strip() and _line_is_erased(line, users):
+                    os.pwrite(fh.fileno(), b" " * len(line), offset)
+                    blanked += 1
+                    changed = True
+                offset += len(line) + 1
+            if changed:
+                os.fsync(fh.fileno())
+    return blanked
+
+
+def _line_is_erased(line: bytes, users: frozenset[str]) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:  # a torn line: erased if it names one of them
+        text = line.decode("utf-8", errors="replace")
+        return any(quoted in text for quoted in _quoted(users))
+    user_id = record.get("user_id") if isinstance(record, dict) else None
+    return isinstance(user_id, str) and user_id.strip() in users
+
+
+def _segment_spans(home: EngineHome, entries: list[dict], incoming: _Incoming | None,
+                   erasure: _Erasure) -> dict[str, tuple[int, int]]:
+    """Byte ranges of the segments to clean: what this run read, and, when users were newly
+    erased, everything ingested so far."""
+    spans = {name: (span["start"], span["end"]) for name, span in (incoming.offsets if incoming else {}).items()}
+    if erasure.new:
+        for name, done in _committed_offsets(entries).items():
+            spans[name] = (0, max(done["end"], spans.get(name, (0, 0))[1]))
+        spans = {name: (0, end) for name, (_, end) in spans.items()}
+    return spans
 
 
 # --------------------------------------------------------------------------- validation job
@@ -433,31 +647,39 @@ def _quarantine_rows(checked: pl.DataFrame) -> pl.DataFrame:
 # --------------------------------------------------------------------------- writing
 
 
-def _write(home: EngineHome, ingest_id: str, outcome: _Outcome, entry: dict) -> Path | None:
-    """Write the outcome as one transaction; returns the quarantine file, if any."""
+def _write(home: EngineHome, ingest_id: str, outcome: _Outcome, entry: dict,
+           compaction: _Compaction | None = None) -> Path | None:
+    """Write the outcome (and what a compaction keeps) as one transaction; returns the quarantine file."""
+    compaction = compaction or _no_compaction()
     tx = writer.Transaction(home, ingest_id)
     partitions: list[str] = []
     quarantine_file = None
+    quarantine = pl.concat([outcome.quarantine, compaction.quarantine])
+    users = outcome.users if outcome.users is not None else compaction.users
     try:
-        ordered = outcome.interactions.sort(DATE, "ts", "user_id", "item_id")
+        ordered = pl.concat([outcome.interactions, compaction.interactions]).sort(DATE, "ts", "user_id", "item_id")
         for (date,), part in ordered.partition_by(DATE, as_dict=True, maintain_order=True).items():
             relative = f"interactions/date={date}/{ingest_id}.parquet"
             tx.write(part.drop(DATE), relative)
             partitions.append(relative)
-        if outcome.quarantine.height:
-            quarantine_file = tx.write(outcome.quarantine, f"quarantine/{ingest_id}.parquet")
-        for frame, target in ((outcome.items, home.items), (outcome.users, home.users)):
+        if quarantine.height:
+            quarantine_file = tx.write(quarantine, f"quarantine/{ingest_id}.parquet")
+        for frame, target in ((outcome.items, home.items), (users, home.users)):
             if frame is not None:
                 tx.stage(frame, target)
     except Exception:
         tx.abort()
         raise
-    replaced = [name for name, frame in (("items", outcome.items), ("users", outcome.users)) if frame is not None]
+    replaced = [name for name, frame in (("items", outcome.items), ("users", users)) if frame is not None]
     entry["files"] = {
         "interactions": partitions,
         "quarantine": f"quarantine/{ingest_id}.parquet" if quarantine_file else None,
         "replaced": replaced,
     }
+    if compaction.retires:
+        entry["retires"] = compaction.retires
+    if compaction.quarantine_replaces:
+        entry["quarantine_replaces"] = [*entry.get("quarantine_replaces", []), *compaction.quarantine_replaces]
     tx.commit(entry)
     return quarantine_file
 
@@ -498,32 +720,44 @@ def ingest(
         known = _ingested_hashes(entries)
         fresh = [i for i in inputs if i.frame is not None and (i.table, i.sha256) not in known]
         incoming = _read_incoming_raw(home, entries) if include_incoming else None
+        erasure = _erasure(home, entries)
         ingest_id = writer.new_ingest_id()
         tables = {i.table: TableCounts(skipped_same_file=i not in fresh) for i in inputs}
         summary = IngestSummary(ingest_id, tables, None)
         for skipped in (i for i in inputs if i not in fresh):
             log.info("%s already ingested (sha256 %s); skipping it", skipped.path, skipped.sha256[:12])
-        if not fresh and not (incoming and incoming.offsets):
+        has_lines = bool(incoming and incoming.offsets)
+        if not fresh and not has_lines and not erasure.pending:
             return summary
         frames = {i.table: _raw(i.frame, i.table, ingest_id=ingest_id, table=i.table, source=str(i.path))
                   for i in fresh}
         file_interactions = frames.get("interactions", _raw(None, "interactions"))
         api_lines = _raw(incoming.frame if incoming else None, "interactions", ingest_id=ingest_id, table=INCOMING)
+        dropped: dict[str, int] = {}
         batch = _Batch(
             items=frames.get("items", _raw(None, "items")),
-            users=frames.get("users", _raw(None, "users")),
-            interactions=pl.concat([file_interactions, api_lines]),
+            users=_drop_erased(frames.get("users", _raw(None, "users")), erasure, dropped),
+            interactions=_drop_erased(pl.concat([file_interactions, api_lines]), erasure, dropped),
         )
         outcome = _evaluate(home, batch, settings)
         summary.tables.update(outcome.counts)
-        if incoming and incoming.offsets:
+        _count_erased(summary.tables, dropped)
+        if has_lines:
             summary.tables.setdefault(INCOMING, TableCounts())
+        compaction = _compaction(home, erasure)
         entry = _entry(
-            "ingest", summary.tables,
+            "ingest" if fresh or has_lines else "erasure", summary.tables,
             sources=[{"table": i.table, "path": str(i.path), "sha256": i.sha256} for i in fresh],
             incoming=incoming.offsets if incoming else {},
         )
-        summary.quarantine_file = _write(home, ingest_id, outcome, entry)
+        if erasure.users:
+            # Before the commit: blanking an erased user's line is right whatever this run becomes.
+            blanked = _blank_erased_lines(home, _segment_spans(home, entries, incoming, erasure), erasure.users)
+            if erasure.pending:
+                entry["erasure"] = {"tombstones_end": erasure.tombstones_end, "erased_users": len(erasure.new),
+                                    "retired_files": len(compaction.retires) + len(compaction.quarantine_replaces),
+                                    "blanked_lines": blanked}
+        summary.quarantine_file = _write(home, ingest_id, outcome, entry, compaction)
         summary.committed = True
     _log_summary(summary)
     return summary
@@ -546,17 +780,20 @@ def retry_quarantine(home: EngineHome, settings: EngineSettings | None = None, *
         summary = IngestSummary(ingest_id, {}, None)
         if rows.height == 0:
             return summary
+        dropped: dict[str, int] = {}
+        kept = _drop_erased(rows, _erasure(home, store.ingest_log(home)), dropped)
         table = pl.col(TABLE)
-        interactions = rows.filter(table.is_in(["interactions", INCOMING])).with_columns(
+        interactions = kept.filter(table.is_in(["interactions", INCOMING])).with_columns(
             (pl.col(REASON) == Reason.TORN_LINE.value).alias(TORN)
         )
         batch = _Batch(
-            items=_raw(rows.filter(table == "items"), "items"),
-            users=_raw(rows.filter(table == "users"), "users"),
+            items=_raw(kept.filter(table == "items"), "items"),
+            users=_raw(kept.filter(table == "users"), "users"),
             interactions=_raw(interactions, "interactions"),
         )
         outcome = _evaluate(home, batch, settings)
         summary.tables = outcome.counts
+        _count_erased(summary.tables, dropped)
         unchanged = outcome.quarantine.height == rows.height and (
             sorted(outcome.quarantine[REASON].to_list()) == sorted(rows[REASON].to_list())
         )
@@ -581,14 +818,15 @@ def read_incoming(home: EngineHome, settings: EngineSettings | None = None
 
     Returns the valid, new rows (schema :data:`features.schemas.INTERACTIONS`) and, per
     segment file name, the byte offset they were read up to. Rows that would go to
-    quarantine, and rows already stored, are left out. Takes no lock and writes nothing.
+    quarantine, rows already stored and rows of erased users are left out. Takes no lock and writes nothing.
     """
     settings = settings or EngineSettings()
-    incoming = _read_incoming_raw(home, store.ingest_log(home))
+    entries = store.ingest_log(home)
+    incoming = _read_incoming_raw(home, entries)
     if not incoming.offsets:
         return schemas.empty("interactions"), {}
-    batch = _Batch(_raw(None, "items"), _raw(None, "users"),
-                   _raw(incoming.frame, "interactions", table=INCOMING, ingest_id=""))
+    lines = _raw(incoming.frame, "interactions", table=INCOMING, ingest_id="")
+    batch = _Batch(_raw(None, "items"), _raw(None, "users"), _drop_erased(lines, _erasure(home, entries), {}))
     outcome = _evaluate(home, batch, settings)
     return outcome.interactions.drop(DATE), {name: span["end"] for name, span in incoming.offsets.items()}
 

@@ -3,8 +3,9 @@
 Commit rule: a data file written by ingest is named after its ingest id
 (``interactions/date=YYYY-MM-DD/<ingest-id>.parquet``) and counts only once a line for that
 id is in ``ingest_log.jsonl``. Readers therefore never see half an ingest, whatever point a
-crash interrupted it at. Erased users (``tombstones.jsonl``) are filtered out on read until
-the next ingest compacts them away.
+crash interrupted it at; a file retired by a later committed run (``retires`` in its log
+line: an erasure compaction rewrote it) no longer counts. Erased users
+(``tombstones.jsonl``) are filtered out on read until the next ingest compacts them away.
 """
 
 from __future__ import annotations
@@ -53,13 +54,20 @@ def erased_users(home: EngineHome) -> set[str]:
     return {entry["user_id"] for entry in read_jsonl(home.tombstones) if "user_id" in entry}
 
 
+def retired_files(entries: list[dict]) -> set[str]:
+    """Data files (relative to the store) that a committed run replaced (erasure compaction)."""
+    return {path for entry in entries for path in entry.get("retires", [])}
+
+
 def interaction_files(home: EngineHome) -> list[Path]:
-    """Committed interaction partition files, in a stable order."""
+    """Committed interaction partition files that no later run retired, in a stable order."""
     if not home.interactions.exists():
         return []
-    committed = committed_ingest_ids(home)
+    entries = ingest_log(home)
+    committed = {entry["ingest_id"] for entry in entries if "ingest_id" in entry}
+    retired = retired_files(entries)
     files = sorted(home.interactions.glob("date=*/*.parquet"))
-    return [f for f in files if f.stem in committed]
+    return [f for f in files if f.stem in committed and f.relative_to(home.store).as_posix() not in retired]
 
 
 def scan_interactions(home: EngineHome) -> pl.LazyFrame:
@@ -89,7 +97,8 @@ def _without_erased(frame: pl.LazyFrame, home: EngineHome) -> pl.LazyFrame:
     erased = erased_users(home)
     if not erased:
         return frame
-    return frame.filter(~pl.col("user_id").is_in(sorted(erased)))
+    # a null user_id (an item row or a torn line in quarantine) is nobody's
+    return frame.filter(~pl.col("user_id").is_in(sorted(erased)).fill_null(False))
 
 
 def quarantine_files(home: EngineHome) -> list[Path]:
@@ -111,4 +120,4 @@ def scan_quarantine(home: EngineHome) -> pl.LazyFrame:
     files = quarantine_files(home)
     if not files:
         return pl.DataFrame(schema=QUARANTINE).lazy()
-    return pl.scan_parquet(files).select(list(QUARANTINE))
+    return _without_erased(pl.scan_parquet(files).select(list(QUARANTINE)), home)

@@ -12,13 +12,15 @@ then flushed and fsync'd). A run goes through these steps, in this order:
    put back.
 4. ``replaced``: ``os.replace`` moves the staged files over the live ones.
 5. ``committed``: the log line is appended. From here on the run counts.
-6. ``finished``: the backups and any quarantine files the run supersedes are deleted.
+6. ``finished``: the backups, any quarantine files the run supersedes and any data files
+   it retires (``entry["retires"]``: partitions an erasure compaction rewrote) are deleted.
+   Readers stop counting superseded and retired files at step 5, so the swap is atomic.
 
 Any exception before step 5 completes rolls back in-process (restore the backups,
 truncate a half-written log line, delete the new files), so the store reads exactly as
 before. A hard crash is settled by :func:`recover`, which every writer runs under the lock
 before it starts: a run without a log line is rolled back the same way, a committed run is
-rolled forward (its backups and superseded files are deleted). Until that next writer
+rolled forward (its backups, superseded and retired files are deleted). Until that next writer
 runs, a process killed between steps 4 and 5 leaves the new catalog/users visible next to
 the old interactions; every other crash point already reads as before or as after.
 """
@@ -162,7 +164,7 @@ class Transaction:
             raise
         crash_point("committed")
         try:
-            _finish(self.home, self.ingest_id, entry.get("quarantine_replaces", []))
+            _finish(self.home, self.ingest_id, entry.get("quarantine_replaces", []), entry.get("retires", []))
         except OSError:  # committed already; the next writer's recover() tidies up
             log.exception("ingest %s committed but its backups were not removed", self.ingest_id)
         crash_point("finished")
@@ -214,15 +216,36 @@ def _restore(target: Path, ingest_id: str) -> None:
     _side_file(target, ingest_id, STAGED).unlink(missing_ok=True)
 
 
-def _finish(home: EngineHome, ingest_id: str, supersedes: Iterable[str]) -> None:
-    """Post-commit tidy-up: drop the backups and the quarantine files the run replaced."""
+def _finish(home: EngineHome, ingest_id: str, supersedes: Iterable[str], retires: Iterable[str] = ()) -> None:
+    """Post-commit tidy-up: drop the backups, the quarantine files the run replaced and the
+    data files it retired."""
     for name in _REPLACEABLE:
         target = home.store / name
         for kind in (BACKUP, ABSENT, STAGED):
             _side_file(target, ingest_id, kind).unlink(missing_ok=True)
     for old in supersedes:
         (home.quarantine / f"{old}.parquet").unlink(missing_ok=True)
+    delete_retired(home, retires)
     fsync_dir(home.store)
+
+
+def delete_retired(home: EngineHome, retires: Iterable[str]) -> int:
+    """Delete retired data files (paths relative to the store) and the partitions they empty."""
+    removed = 0
+    touched: set[Path] = set()
+    for relative in retires:
+        path = home.store / relative
+        if path.parent.resolve().is_relative_to(home.interactions.resolve()) and path.exists():
+            path.unlink()
+            removed += 1
+            touched.add(path.parent)
+    for directory in touched:
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+    for directory in {d.parent for d in touched} | touched:
+        if directory.exists():
+            fsync_dir(directory)
+    return removed
 
 
 def _repair_log_tail(home: EngineHome) -> None:
@@ -260,7 +283,8 @@ def recover(home: EngineHome) -> None:
     committed = {e["ingest_id"] for e in entries if "ingest_id" in e}
     superseded = {old for e in entries for old in e.get("quarantine_replaces", [])}
     _settle_tables(home, committed)
-    removed = _remove_uncommitted(home.interactions, "date=*/*.parquet", committed, set())
+    removed = delete_retired(home, store.retired_files(entries))
+    removed += _remove_uncommitted(home.interactions, "date=*/*.parquet", committed, set())
     removed += _remove_uncommitted(home.quarantine, "*.parquet", committed, superseded)
     if removed:
         log.info("recover: removed %d uncommitted or superseded data files", removed)

@@ -25,6 +25,8 @@ from recsys.home import EngineHome
 from serving.cache import LastKnownGood
 from serving.config import ServingSettings
 from serving.deps import Services
+from serving.erasure import ErasedAsUnknown, ErasedUsers
+from serving.limits import BodySizeLimit, document_errors
 from serving.live import LiveInteractions
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.reports import ReportFiles
@@ -52,10 +54,13 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.services = services
+    app.add_middleware(ErasedAsUnknown, erased=services.erased)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # inside metrics: 413s are counted
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     _add_error_handlers(app)
     for module in (recommendations, interactions, ops, admin, reports):
         app.include_router(module.router)
+    document_errors(app)
     return app
 
 
@@ -65,14 +70,17 @@ def build_services(settings: ServingSettings) -> Services:
     holder = ModelHolder(
         model_source(settings, home), LastKnownGood(home.serving_cache), home.serving_cache.parent / "downloads",
         lang=settings.lang, on_change=lambda served: _publish(metrics, served),
+        candidate_users=settings.candidate_users,
     )
+    live = LiveInteractions(settings.live_max_users, settings.live_max_items_per_user)
     return Services(
         settings=settings,
         holder=holder,
-        live=LiveInteractions(settings.live_max_users, settings.live_max_items_per_user),
+        live=live,
         segments=SegmentWriter(home.incoming),
         reports=ReportFiles(home.reports / "latest"),
         metrics=metrics,
+        erased=ErasedUsers(home.tombstones, on_erased=live.forget),
     )
 
 

@@ -38,6 +38,12 @@ class ServingSettings(BaseSettings):
                              "and a multi-threaded BLAS makes that an order of magnitude slower",
     )
     max_batch: int = Field(10_000, ge=1, description="most interactions accepted in one POST")
+    candidate_users: int = Field(
+        200_000, ge=0, description="for an artifact without precomputed candidates: most users (the most "
+                                   "active) whose candidates the server computes in the background, ~1 ms of "
+                                   "CPU each; the others keep full scoring. 0 = never compute",
+    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="largest request body accepted (bytes)")
 
     def engine_home(self) -> EngineHome:
         return EngineHome.at(self.home)

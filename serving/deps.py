@@ -17,6 +17,7 @@ from fastapi import Depends, Header, HTTPException, Query, Request, status
 
 from recsys.contract import parse_timestamp
 from serving.config import ServingSettings
+from serving.erasure import ErasedUsers
 from serving.live import LiveInteractions
 from serving.metrics import Metrics
 from serving.reports import ReportFiles
@@ -36,6 +37,7 @@ class Services:
     segments: SegmentWriter
     reports: ReportFiles
     metrics: Metrics
+    erased: ErasedUsers
 
 
 async def services(request: Request) -> Services:
@@ -59,6 +61,7 @@ ServedDep = Annotated[ServedModel, Depends(served_model)]
 
 Count = Annotated[int, Query(ge=1, le=MAX_N, description=f"list length, 1..{MAX_N}")]
 At = Annotated[str | None, Query(
+    max_length=64,
     description="moment to recommend for (ISO-8601; without offset = the platform's time zone); default now",
     examples=["2026-11-20T19:30:00+08:00"],
 )]
@@ -110,7 +113,9 @@ async def require_admin(
     if not x_api_key:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="missing X-API-Key header",
                             headers={"WWW-Authenticate": "APIKey"})
-    if not hmac.compare_digest(x_api_key.encode("utf-8"), configured.get_secret_value().encode("utf-8")):
+    # Header values arrive decoded as latin-1: encoding back gives the bytes the client sent,
+    # so a non-ASCII key sent as UTF-8 matches the configured key's UTF-8 bytes.
+    if not hmac.compare_digest(x_api_key.encode("latin-1"), configured.get_secret_value().encode("utf-8")):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="wrong API key")
 
 

@@ -7,6 +7,7 @@ them onto the catalog it is served from, and items the new catalog no longer hol
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 
@@ -14,6 +15,8 @@ from recsys.idmap import IdMap
 
 MIN_LIVE_WEIGHT = 1e-3
 """Floor of a live weight: an action configured at weight 0 still marks the item as seen."""
+MAX_LIVE_WEIGHT = 1e6
+"""Ceiling of a live weight: a rating of 1e308 stars must not overflow the float32 scoring."""
 
 
 class LiveInteractions:
@@ -27,18 +30,23 @@ class LiveInteractions:
         return len(self._users)
 
     def add(self, user_id: str, item_id: str, weight: float) -> None:
-        weight = max(float(weight), MIN_LIVE_WEIGHT)
+        weight = bounded(weight)
         with self._lock:
             items = self._users.get(user_id)
             if items is None:
                 items = self._users[user_id] = OrderedDict()
             else:
                 self._users.move_to_end(user_id)
-            items[item_id] = items.pop(item_id, 0.0) + weight  # re-insert: most recent last
+            items[item_id] = min(items.pop(item_id, 0.0) + weight, MAX_LIVE_WEIGHT)  # re-insert: most recent last
             while len(items) > self.max_items_per_user:
                 items.popitem(last=False)
             while len(self._users) > self.max_users:
                 self._users.popitem(last=False)
+
+    def forget(self, user_id: str) -> bool:
+        """Drop everything kept for ``user_id`` (right to erasure); True if there was anything."""
+        with self._lock:
+            return self._users.pop(user_id, None) is not None
 
     def of(self, user_id: str) -> dict[str, float]:
         """A copy of the user's live weights by item id (empty if none)."""
@@ -54,3 +62,11 @@ class LiveInteractions:
         mapped = {items.index_of(item_id): weight for item_id, weight in live.items()}
         mapped.pop(-1, None)
         return mapped
+
+
+def bounded(weight: float) -> float:
+    """A live weight within [MIN_LIVE_WEIGHT, MAX_LIVE_WEIGHT] (NaN counts as the floor)."""
+    weight = float(weight)
+    if math.isnan(weight):
+        return MIN_LIVE_WEIGHT
+    return min(max(weight, MIN_LIVE_WEIGHT), MAX_LIVE_WEIGHT)

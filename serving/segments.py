@@ -1,15 +1,22 @@
 """Durable JSON-lines segments of posted interactions, for the next ``recsys ingest``.
 
 Each server process owns one file, ``store/incoming/<server-start-utc>-<pid>.jsonl``, and is
-its only writer; ingest reads complete lines from a remembered byte offset. An accepted
+its only writer; ingest reads complete lines from a remembered byte offset. The process holds
+an exclusive ``flock`` on its segment for its whole life; the kernel drops it when the
+process dies (SIGKILL included), which is how ingest tells a line still being written from
+the torn tail of a dead writer. An accepted
 batch is on disk (written, flushed, fsynced) before the API answers 202, and a batch is
 written with one ``write`` under a lock so concurrent requests never interleave lines.
 If a write fails halfway the file is cut back to the last whole batch, so a torn line can
 never glue itself to the next one.
+
+:func:`append_line_durably` is the same promise for a file that several processes append to
+(the store's ``tombstones.jsonl``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -56,6 +63,10 @@ class SegmentWriter:
             self.directory.mkdir(parents=True, exist_ok=True)
             existed = self.path.exists()
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "a live writer owns this file"
+            except OSError:
+                log.warning("could not lock %s; a torn last line may wait for a later ingest", self.path)
             self._size = os.fstat(self._fd).st_size
             if not existed:  # the new names must survive a crash too, not only the bytes
                 for directory in [self.directory, *(d.parent for d in missing)]:
@@ -75,6 +86,27 @@ class SegmentWriter:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+def append_line_durably(path: Path, record: Mapping[str, Any]) -> None:
+    """Append one JSON line to a file several processes may append to, and fsync it.
+
+    One ``write`` on an ``O_APPEND`` descriptor: concurrent appenders never interleave
+    within a line, and the line (and a newly created file's name) is on disk on return.
+    """
+    data = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):  # a short write on a regular file means the disk is full
+            raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

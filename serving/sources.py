@@ -102,6 +102,9 @@ class RegistrySource:
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def current_version(self) -> str:
+        broken = unusable_sqlite_store(self.tracking_uri)
+        if broken is not None:
+            raise SourceError(f"no {self.model_name}@{self.alias}: the registry store {broken}")
         try:
             return str(self._client().get_model_version_by_alias(self.model_name, self.alias).version)
         except Exception as exc:  # unreachable store, unknown model or alias: all mean "no champion"
@@ -125,6 +128,33 @@ class RegistrySource:
             raise SourceError(f"cannot download {uri}: {_first_line(exc)}") from exc
         bundle_dir = find_bundle_dir(Path(local))
         return Fetched(bundle_dir, version, self.alias, self.model_name, self.kind, owned=True)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def unusable_sqlite_store(uri: str) -> str | None:
+    """Why a ``sqlite:///`` tracking store cannot be opened, or None (also for other stores).
+
+    Checked before MLflow sees the URI: MLflow retries an unopenable SQLite file (a directory
+    in its place, say) with exponential backoff for minutes, and a server must instead start
+    at once on its last-known-good copy. A missing file is fine: MLflow creates an empty store.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if not path.exists():
+        return None
+    if not path.is_file():
+        return f"{path} is not a file"
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        return f"{path} cannot be read ({exc.strerror or exc})"
+    if header and header != SQLITE_HEADER:
+        return f"{path} is not an SQLite database"
+    return None
 
 
 def _quiet_mlflow() -> None:

@@ -1,32 +1,50 @@
-"""Admin: swap in the registry's current champion without a restart.
+"""Admin: swap in the registry's current champion, and erase a user on request.
 
-With several workers the request reaches one of them; ``recsys serve --reload-interval``
-makes every worker follow the registry on its own.
+Every route here needs ``X-API-Key`` = ``$RECSYS_ADMIN_KEY`` (compared in constant time);
+without a configured key the routes answer 404 (disabled, never open).
+
+With several workers a request reaches one of them; ``recsys serve --reload-interval``
+makes every worker follow the registry on its own, and every worker follows the
+tombstones file on its own within a second.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from serving.deps import AdminDep, ServicesDep
+from serving.routers.recommendations import Id  # also registers the ``id`` path convertor
 from serving.schemas import ReloadResult
 from serving.state import LoadFailed
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = APIRouter(tags=["admin"])
 
+_KEY_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing key"}, 403: {"description": "wrong key"},
+    404: {"description": "admin API disabled"},
+}
 _FAILED = {"content": {"application/json": {"example": {
     "detail": "reload failed: ...", "serving_version": "7"}}}}
 
 
-@router.post("/reload", response_model=ReloadResult,
-             responses={401: {"description": "missing key"}, 403: {"description": "wrong key"},
-                        404: {"description": "admin API disabled"},
+class ErasureResult(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"user_id": "u000042", "erased_at": "2026-11-20T03:00:00.000+00:00", "status": "erased"},
+    ]})
+    user_id: str
+    erased_at: str = Field(description="when the erasure was recorded (ISO-8601 UTC)")
+    status: Literal["erased", "already_erased"]
+
+
+@router.post("/v1/admin/reload", response_model=ReloadResult,
+             responses={**_KEY_ERRORS,
                         409: {**_FAILED, "description": "the new model failed to load; the old one keeps serving"},
                         503: {**_FAILED, "description": "the new model failed to load and nothing is serving"}})
 def reload_model(_: AdminDep, svc: ServicesDep) -> Any:
@@ -43,3 +61,23 @@ def reload_model(_: AdminDep, svc: ServicesDep) -> Any:
     svc.metrics.reloads.labels("ok").inc()
     return ReloadResult(status="reloaded", version=served.version,
                         previous_version=previous.version if previous else None)
+
+
+@router.delete("/v1/users/{user_id:id}", response_model=ErasureResult,
+               responses={**_KEY_ERRORS, 503: {"description": "the erasure could not be recorded; retry"}})
+def erase_user(user_id: Id, _: AdminDep, svc: ServicesDep) -> ErasureResult:
+    """Erase a user (right to erasure): recorded durably before this answer.
+
+    From now on the user is served as unknown and their posted interactions are refused;
+    the next ``recsys ingest`` removes their rows from every store file, and the next
+    training run forgets them.
+    """
+    try:
+        erased_at, new = svc.erased.erase(user_id)
+    except OSError as exc:
+        log.exception("could not record an erasure")
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail="could not record the erasure; nothing changed, retry later") from exc
+    svc.live.forget(user_id)  # also when already erased: another worker may have kept some
+    log.info("recorded a user erasure (%s)", "new" if new else "repeated")  # never the id itself
+    return ErasureResult(user_id=user_id, erased_at=erased_at, status="erased" if new else "already_erased")

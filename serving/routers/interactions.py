@@ -1,7 +1,8 @@
 """Posted interactions: validated one by one, made durable, then applied to live state.
 
 A bad element never fails its batch: it is listed in ``rejected`` with its index and a
-reason code from :class:`recsys.contract.Reason`. Accepted rows are fsynced to this
+reason code from :class:`recsys.contract.Reason` (or :data:`USER_ERASED` for a user erased
+on request). Accepted rows are fsynced to this
 process's incoming segment before the answer, then folded into the user's next request.
 """
 
@@ -21,6 +22,10 @@ from serving.schemas import InteractionsAccepted, Rejection
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["interactions"])
+
+USER_ERASED = "user_erased"
+"""Rejection reason of an interaction by a user erased on request (not a data-contract reason:
+the row itself is valid, and it is refused rather than quarantined so that nothing of it is kept)."""
 
 _EXAMPLE = [
     {"user_id": "u000042", "item_id": "op000123", "action": "reserve", "ts": "2026-11-20T19:30:00+08:00"},
@@ -46,6 +51,9 @@ def post_interactions(batch: Annotated[list[Any], Body()], served: ServedDep, sv
         checked = check_interaction(index, element, served.engine.catalog, timezone)
         if isinstance(checked, Rejection):
             rejected.append(checked)
+        elif checked[0].user_id in svc.erased:
+            rejected.append(Rejection(index=index, reason=USER_ERASED,
+                                      detail="this user was erased on request; their interactions are not kept"))
         else:
             accepted.append(checked[0])
             records.append(checked[1])

@@ -1,0 +1,123 @@
+"""The whole API fuzzed against its own OpenAPI schema (schemathesis, positive and negative data).
+
+An app with a small real model (the hybrid of :func:`tests.serving_fixtures.rules_data`) and
+a real engine home answers every operation of ``/openapi.json``. For every generated
+request: never a 5xx, and the answer conforms to the schema (status code documented,
+content type, body schema, headers). Examples are bounded and derandomized, so a run is
+reproducible and fast.
+
+Schema-valid requests may still be refused for rules a schema cannot state across
+parameters (``lat`` without ``lon``, ``radius_km`` without a place, an ``at`` that is not a
+time); the check ``positive_data_acceptance`` is replaced by one that allows exactly those.
+User and item ids may hold ``/`` (``DELETE /v1/users/a/recommendations`` erases the user
+``a/recommendations``), so under ``/v1/users/`` an undeclared method on a declared path is
+not expected to be a 405 (check ``unsupported_method``). ``POST /v1/interactions`` judges each
+element on its own (a bad one is listed in ``rejected``, the batch still answers 202), so
+there the check ``negative_data_rejection`` is replaced by: every element is either
+accepted or rejected, and every element that breaks the contract is rejected.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from pydantic import ValidationError
+from schemathesis.checks import negative_data_rejection, positive_data_acceptance, unsupported_method
+
+from recsys.contract import InteractionIn
+from serving.app import create_app
+from serving.config import ServingSettings
+from tests.serving_fixtures import rules_data, write_bundle
+
+ADMIN_KEY = "fuzz-admin-key"
+EXAMPLES = 80
+CROSS_PARAMETER_RULES = ("lat and lon must be given together", "radius_km needs lat and lon", "at: cannot read")
+"""The 422 details a schema-valid request may get (rules across parameters, or ``at`` not a time)."""
+
+
+@pytest.fixture(scope="module")
+def fuzzed_app(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("fuzz")
+    bundle = write_bundle(rules_data(seed=0), root / "bundle")
+    reports = root / "home" / "reports" / "latest"  # a report to serve, so its routes answer 200 too
+    reports.mkdir(parents=True)
+    (reports / "summary.json").write_text(json.dumps({
+        "generated_at": "2026-11-20T03:00:00+00:00", "window": {"days": 28}, "min_users": 10,
+        "regions": {"110119": {"name": "延庆区", "suppressed": False, "active_users": 80,
+                               "top_lifts": [], "gaps": [], "trends": [], "top_items": []}},
+    }, ensure_ascii=False), encoding="utf-8")
+    (reports / "report.html").write_text("<html><body>群众点菜</body></html>", encoding="utf-8")
+    return create_app(ServingSettings(home=root / "home", model_dir=bundle, admin_key=ADMIN_KEY,
+                                      max_batch=200, max_body_bytes=64 * 1024))
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzzed_app):
+    return schemathesis.openapi.from_asgi("/openapi.json", fuzzed_app)
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
+          suppress_health_check=list(HealthCheck))
+def test_no_server_error_and_every_answer_matches_the_schema(case) -> None:
+    if case.operation.tags and "admin" in case.operation.tags:
+        case.headers = {**(case.headers or {}), "X-API-Key": ADMIN_KEY}  # reach the handlers, not only the 401
+    excluded = [positive_data_acceptance]
+    if case.operation.path.startswith("/v1/users/"):
+        excluded.append(unsupported_method)
+    if case.operation.path == "/v1/interactions":
+        excluded.append(negative_data_rejection)
+    response = case.call_and_validate(excluded_checks=excluded)
+    assert response.status_code < 500, response.text
+    if case.meta is not None and case.meta.generation.mode.is_positive and response.status_code == 422:
+        assert response.json()["detail"].startswith(CROSS_PARAMETER_RULES), response.text
+    if case.operation.path == "/v1/interactions" and response.status_code == 202:
+        assert_each_element_judged(case.body, response.json())
+
+
+def assert_each_element_judged(batch: list, answer: dict) -> None:
+    """Every element is accepted or rejected once, and every contract-breaking one is rejected."""
+    rejected = {r["index"]: r["reason"] for r in answer["rejected"]}
+    assert len(rejected) == len(answer["rejected"]) and set(rejected) <= set(range(len(batch)))
+    assert answer["accepted"] + len(rejected) == len(batch)
+    for index, element in enumerate(batch):
+        try:
+            InteractionIn.model_validate(element)
+        except ValidationError:
+            assert index in rejected, (index, element, answer)
+
+
+def test_the_schema_documents_the_error_bodies_the_app_sends(fuzzed_app) -> None:
+    from fastapi.testclient import TestClient
+
+    with TestClient(fuzzed_app) as client:
+        document = client.get("/openapi.json").json()
+        refused = client.get("/v1/users/u1/recommendations", params={"lat": 1})
+    components = document["components"]["schemas"]
+    assert "HTTPValidationError" not in components and components["ErrorBody"]["required"] == ["detail"]
+    users = document["paths"]["/v1/users/{user_id}/recommendations"]["get"]["responses"]
+    assert users["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    assert "503" in users  # no model yet
+    posted = document["paths"]["/v1/interactions"]["post"]["responses"]
+    assert {"400", "413", "422", "503"} <= set(posted)
+    assert "503" not in document["paths"]["/healthz"]["get"]["responses"]
+    assert refused.status_code == 422 and refused.json() == {"detail": "lat and lon must be given together"}
+
+
+def test_the_fuzzed_app_is_still_healthy_afterwards(fuzzed_app) -> None:
+    """Fuzzing erased users, reloaded the model and posted interactions: it still serves."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(fuzzed_app) as client:
+        assert client.get("/readyz").json()["status"] == "ready"
+        assert client.get("/v1/users/u1/recommendations").status_code == 200
+    tombstones = Path(fuzzed_app.state.services.erased.path)
+    lines = tombstones.read_text(encoding="utf-8").splitlines() if tombstones.exists() else []
+    assert all(json.loads(line)["user_id"] for line in lines)
