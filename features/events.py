@@ -28,10 +28,19 @@ def action_weight(settings: EngineSettings) -> pl.Expr:
     return pl.when(pl.col("action") == "rate").then(rated).otherwise(weights).alias("weight")
 
 
+MIN_DECAYED_WEIGHT = 1e-6
+"""Floor of a positive decayed weight. A years-old event still happened: without the floor its
+weight underflows to 0 in float32, the pair becomes an explicit zero in the sparse history,
+and the item escapes the already-engaged filter."""
+
+
 def decayed_weight(reference: datetime, half_life_days: float) -> pl.Expr:
     """``weight · 0.5^(age_days / half_life)``; events after the reference are not boosted."""
     age_days = (pl.lit(reference, dtype=pl.Datetime("us", "UTC")) - pl.col("ts")).dt.total_seconds() / 86_400.0
-    return (pl.col("weight") * pl.lit(0.5).pow(age_days.clip(lower_bound=0.0) / half_life_days)).alias("weight")
+    decayed = pl.col("weight") * pl.lit(0.5).pow(age_days.clip(lower_bound=0.0) / half_life_days)
+    return (
+        pl.when(pl.col("weight") > 0).then(decayed.clip(lower_bound=MIN_DECAYED_WEIGHT)).otherwise(0.0)
+    ).alias("weight")
 
 
 def weighted_pairs(events: pl.LazyFrame, settings: EngineSettings, reference: datetime) -> pl.LazyFrame:

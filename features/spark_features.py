@@ -31,6 +31,7 @@ from pyspark.sql import types as T
 
 from features import schemas, store
 from features.dataset import Dataset, Split, catalog_from_frame, users_from_frame
+from features.events import MIN_DECAYED_WEIGHT
 from recsys.confidence import to_confidence
 from recsys.contract import HIGH_RATING, POSITIVE_ACTIONS
 from recsys.home import EngineHome
@@ -130,7 +131,10 @@ def decayed_weight(reference: datetime, half_life_days: float) -> Column:
     age_micros = F.lit(to_micros(reference)) - F.unix_micros(F.col("ts"))
     age_seconds = F.floor(age_micros / MICROS_PER_SECOND)  # negative ages are clipped below anyway
     age_days = F.greatest(age_seconds / SECONDS_PER_DAY, F.lit(0.0))
-    return (F.col("weight") * F.pow(F.lit(0.5), age_days / float(half_life_days))).alias("weight")
+    decayed = F.col("weight") * F.pow(F.lit(0.5), age_days / float(half_life_days))
+    # the same floor as the polars definition: an old event stays in the history
+    floored = F.when(F.col("weight") > 0, F.greatest(decayed, F.lit(MIN_DECAYED_WEIGHT))).otherwise(F.lit(0.0))
+    return floored.alias("weight")
 
 
 def weighted_pairs(events: DataFrame, settings: EngineSettings, reference: datetime) -> DataFrame:

@@ -15,6 +15,7 @@ import pytest
 
 from features import schemas
 from features.dataset import Dataset, StoreFrames, build_dataset
+from features.events import decayed_weight
 from recsys.settings import EngineSettings
 
 END = datetime(2026, 10, 31, 12, 0, tzinfo=UTC)
@@ -194,3 +195,14 @@ def test_a_store_without_visible_interactions_is_refused() -> None:
     only_hidden = pl.DataFrame([EVENTS[3]], schema=schemas.INTERACTIONS).lazy()
     with pytest.raises(ValueError, match="no interactions"):
         build_dataset(StoreFrames(only_hidden, empty.users, empty.items), SETTINGS)
+
+
+def test_an_ancient_event_stays_in_the_history_structure() -> None:
+    """A 40-year-old view decays below float32's range; it must still count as engaged."""
+    frame = pl.DataFrame({
+        "ts": [datetime(1986, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)],
+        "weight": [1.0, 0.0],
+    })
+    out = frame.with_columns(decayed_weight(datetime(2026, 1, 2, tzinfo=UTC), 30.0))["weight"]
+    assert out[0] > 0 and float(np.float32(out[0])) > 0  # floored, survives the float32 cast
+    assert out[1] == 0.0  # a zero-weight action stays zero (it is dropped, not floored)
