@@ -34,6 +34,7 @@ from serving.routers import admin, interactions, ops, recommendations, reports
 from serving.segments import SegmentWriter
 from serving.sources import DirectorySource, ModelSource, RegistrySource
 from serving.state import ModelHolder, ServedModel
+from serving.tail import PeerFollower, PeerInteractions, ReloadRequests, SegmentTail, ServedBy
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     app.add_middleware(ErasedAsUnknown, erased=services.erased)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # inside metrics: 413s are counted
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    app.add_middleware(ServedBy)  # outermost: every answer names its process
     _add_error_handlers(app)
     for module in (recommendations, interactions, ops, admin, reports):
         app.include_router(module.router)
@@ -98,7 +100,10 @@ def _publish(metrics: Metrics, served: ServedModel) -> None:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: Services = app.state.services
     blas = threadpool_limits(limits=services.settings.blas_threads, user_api="blas")
+    peers = peer_follower(services)  # before the first load: reload requests from now on are news
     await anyio.to_thread.run_sync(services.holder.start)
+    if peers is not None:
+        await peers.start()  # caught up with the other servers' recent posts before the first request
     interval = services.settings.reload_interval
     poller = asyncio.create_task(_poll(services, interval)) if interval > 0 else None
     try:
@@ -108,8 +113,21 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+        if peers is not None:
+            await peers.stop()
         services.segments.close()
         blas.restore_original_limits()
+
+
+def peer_follower(services: Services) -> PeerFollower | None:
+    """What keeps this process in step with the other servers of the home (None if switched off)."""
+    settings = services.settings
+    if settings.tail_interval <= 0:
+        return None
+    tail = SegmentTail(services.segments.directory, services.segments.path)
+    interactions = PeerInteractions(tail, services.live, services.erased, lambda: services.holder.current)
+    return PeerFollower(interactions, ReloadRequests.of(settings), services.holder, services.metrics,
+                        settings.tail_interval)
 
 
 async def _poll(services: Services, interval: float) -> None:

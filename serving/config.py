@@ -30,6 +30,10 @@ class ServingSettings(BaseSettings):
     model_alias: str = Field(DEFAULT_ALIAS, description="alias of the registered model to serve")
     admin_key: SecretStr | None = Field(None, description="X-API-Key of the admin routes; unset disables them")
     reload_interval: float = Field(0.0, ge=0, description="seconds between registry polls; 0 = never")
+    tail_interval: float = Field(
+        0.5, ge=0, description="seconds between looks at what the other server processes of the home were "
+                               "posted and asked to reload (their segments and the reload request); 0 = never",
+    )
     live_max_users: int = Field(100_000, ge=1, description="users whose live interactions are kept (LRU)")
     live_max_items_per_user: int = Field(500, ge=1, description="live items kept per user (most recent)")
     lang: Literal["zh", "en"] = "zh"

@@ -8,7 +8,8 @@ the torn tail of a dead writer. An accepted
 batch is on disk (written, flushed, fsynced) before the API answers 202, and a batch is
 written with one ``write`` under a lock so concurrent requests never interleave lines.
 If a write fails halfway the file is cut back to the last whole batch, so a torn line can
-never glue itself to the next one.
+never glue itself to the next one. The other server processes of the same home read the
+file too (:mod:`serving.tail`), to fold its lines into their own live state.
 
 :func:`append_line_durably` is the same promise for a file that several processes append to
 (the store's ``tombstones.jsonl``).
@@ -20,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -27,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+SEGMENT_NAME = re.compile(r"\d{8}T\d{6,12}Z-\d+\.jsonl")
+"""Names :class:`SegmentWriter` gives its files (other files in ``incoming/`` are not a server's)."""
 
 
 class SegmentWriter:

@@ -3,8 +3,10 @@
 Every route here needs ``X-API-Key`` = ``$RECSYS_ADMIN_KEY`` (compared in constant time);
 without a configured key the routes answer 404 (disabled, never open).
 
-With several workers a request reaches one of them; ``recsys serve --reload-interval``
-makes every worker follow the registry on its own, and every worker follows the
+With several workers a request reaches one of them. A reload reaches the others through
+the home's reload request (:mod:`serving.tail`): each worker notices it within
+``RECSYS_TAIL_INTERVAL`` seconds and reloads itself. ``recsys serve --reload-interval``
+makes every worker follow the registry on its own as well, and every worker follows the
 tombstones file on its own within a second.
 """
 
@@ -21,6 +23,7 @@ from serving.deps import AdminDep, ServicesDep
 from serving.routers.recommendations import Id  # also registers the ``id`` path convertor
 from serving.schemas import ReloadResult
 from serving.state import LoadFailed
+from serving.tail import ReloadRequests
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,10 @@ class ErasureResult(BaseModel):
                         409: {**_FAILED, "description": "the new model failed to load; the old one keeps serving"},
                         503: {**_FAILED, "description": "the new model failed to load and nothing is serving"}})
 def reload_model(_: AdminDep, svc: ServicesDep) -> Any:
-    """Load the current champion and swap it in atomically (in-flight requests finish on the old one)."""
+    """Load the current champion and swap it in atomically (in-flight requests finish on the old one).
+
+    Every other server process of the home follows within a second or so.
+    """
     previous = svc.holder.current
     try:
         served = svc.holder.reload()
@@ -59,6 +65,10 @@ def reload_model(_: AdminDep, svc: ServicesDep) -> Any:
         return JSONResponse({"detail": f"reload failed: {exc}",
                              "serving_version": current.version if current else None}, status_code=code)
     svc.metrics.reloads.labels("ok").inc()
+    try:  # tell the other processes of the home; this one already serves the new model
+        ReloadRequests.of(svc.settings).publish(served.version)
+    except OSError:
+        log.exception("could not write the reload request: the other server processes keep their model")
     return ReloadResult(status="reloaded", version=served.version,
                         previous_version=previous.version if previous else None)
 
