@@ -6,6 +6,8 @@
     catalog/        catalog.npz + catalog.json
     users/          users.npz + users.json
     weights.npz     decayed user x item weights at the end of the data (histories)
+    candidates.npz  optional: each user's best items, scored offline (recsys.candidates);
+                    an artifact without it is served by full scoring
 
 No pickle anywhere: npz loads with ``allow_pickle=False`` and JSON. Loading validates
 shapes and the format version, so a truncated or foreign artifact is refused with a
@@ -24,6 +26,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys import models
+from recsys.candidates import FILE_NAME as CANDIDATES_FILE
+from recsys.candidates import Candidates
 from recsys.catalog import Catalog
 from recsys.models.base import Recommender, csr_arrays, csr_from
 from recsys.settings import EngineSettings
@@ -46,11 +50,18 @@ class ModelBundle:
     weights: sp.csr_matrix
     settings: EngineSettings
     manifest: dict[str, Any] = field(default_factory=dict)
+    candidates: Candidates | None = None
+    """Per-user candidate lists scored offline, if the artifact has them."""
 
     def __post_init__(self) -> None:
         expected = (len(self.users), len(self.catalog))
         if self.weights.shape != expected:
             raise BundleError(f"weights shape {self.weights.shape} does not match users x items {expected}")
+        if self.candidates is not None:
+            try:
+                self.candidates.check(np.diff(self.weights.indptr), len(self.catalog))
+            except ValueError as exc:
+                raise BundleError(f"candidates do not fit the bundle: {exc}") from exc
 
     def save(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
@@ -58,6 +69,8 @@ class ModelBundle:
         self.catalog.save(directory / "catalog")
         self.users.save(directory / "users")
         np.savez_compressed(directory / "weights.npz", **csr_arrays("weights", self.weights))
+        if self.candidates is not None:
+            self.candidates.save(directory / CANDIDATES_FILE)
         manifest = {
             **self.manifest,
             "format_version": FORMAT_VERSION,
@@ -85,13 +98,15 @@ class ModelBundle:
             with np.load(directory / "weights.npz", allow_pickle=False) as stored:
                 weights = csr_from("weights", {k: stored[k] for k in stored.files})
             settings = EngineSettings(**manifest.get("settings", {}))
+            candidates_path = directory / CANDIDATES_FILE
+            candidates = Candidates.load(candidates_path) if candidates_path.is_file() else None
         except BundleError:
             raise
         except Exception as exc:  # any corruption: missing file, bad zip, bad JSON, wrong keys
             raise BundleError(f"cannot load model artifact at {directory}: {exc}") from exc
         if (manifest.get("n_users"), manifest.get("n_items")) != (len(users), len(catalog)):
             raise BundleError(f"artifact at {directory} is inconsistent with its manifest")
-        bundle = cls(model, catalog, users, weights, settings, manifest)
+        bundle = cls(model, catalog, users, weights, settings, manifest, candidates)
         bundle.smoke_test()
         return bundle
 

@@ -11,22 +11,32 @@ Used by the API and by batch ``recsys recommend`` alike, so the rules hold every
   users table), else region popularity (if a region is given), else global popularity,
   and the list says which fallback it is;
 - optional MMR diversity over categories, and a short plain-language reason per item.
+
+Two paths, one result. A known user without live interactions is served from the
+bundle's precomputed candidates (:mod:`recsys.candidates`) when it has them: drop the
+candidates the request does not allow, diversify the first ``CANDIDATE_FACTOR x n`` that
+survive, explain. That is exactly what full scoring returns whenever that many candidates
+survive, at a fraction of the cost; otherwise (live interactions, filters that leave too
+few candidates, a large ``n``, no candidates) the request takes the full path.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 
 from recsys.bundle import ModelBundle
+from recsys.candidates import Candidates
 from recsys.confidence import to_confidence
 from recsys.models.popularity import PopularityModel
 from recsys.ranking import mmr, top_k, top_k_batch
-from recsys.reasons import Reasons
+from recsys.reasons import Reasons, anchor_codes
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +66,10 @@ class Filters:
     radius_km: float | None = None
 
 
-@dataclass(frozen=True)
-class Recommended:
+class Recommended(NamedTuple):
+    """One listed item (a named tuple: a request builds ten of these, and a frozen dataclass
+    costs several times as much to construct)."""
+
     item: int
     item_id: str
     score: float
@@ -92,6 +104,13 @@ class DeliveryEngine:
         self._availability: dict[int, np.ndarray] = {}
         self._region_pools: dict[tuple[str, str | None], sp.csr_matrix] = {}
         self._known_users = np.diff(bundle.weights.indptr) > 0
+        self.candidates: Candidates | None = bundle.candidates
+        """Replaced once (by the server) when the bundle came without them; read once per request."""
+
+    def use_candidates(self, candidates: Candidates) -> None:
+        """Serve known users from ``candidates`` from now on (computed after the engine was built)."""
+        candidates.check(np.diff(self.bundle.weights.indptr), len(self.catalog))
+        self.candidates = candidates  # one reference store: a request sees the old or the new value
 
     # ---- masks -----------------------------------------------------------------------
     def available(self, at: float) -> np.ndarray:
@@ -138,6 +157,13 @@ class DeliveryEngine:
     # ---- per user --------------------------------------------------------------------
     def for_user(self, user_id: str, n: int, filters: Filters, *, diversity: float = 0.2,
                  context: UserContext | None = None, region: str | None = None) -> RecommendationList:
+        candidates = self.candidates
+        if candidates is not None and not (context and context.live_weights):
+            index = self.users.users.index_of(user_id)
+            if index >= 0:
+                fast = self._from_candidates(candidates, index, n, filters, diversity)
+                if fast is not None:
+                    return fast
         index, weights = self.history(user_id, context)
         allowed = self.allowed(filters)
         allowed[weights.indices] = False
@@ -151,8 +177,52 @@ class DeliveryEngine:
             rest = allowed.copy()
             rest[chosen] = False
             chosen = np.concatenate([chosen, top_k(self.popularity.global_scores(), n - len(chosen), rest)])
-        reasons = self.reasons.personal(chosen, weights, filters)
+        codes = self._stored_anchors(index, chosen, weights) if model_row >= 0 else None
+        reasons = self.reasons.personal_for(chosen, weights.indices, weights.data, filters, codes)
         return RecommendationList(self._items(chosen, scores, reasons))
+
+    def _from_candidates(self, candidates: Candidates, index: int, n: int, filters: Filters,
+                         diversity: float) -> RecommendationList | None:
+        """The list from the user's precomputed candidates, or None when they cannot decide it."""
+        items, scores = candidates.row(index)
+        keep = self._allowed_among(items, filters)
+        needed = n * CANDIDATE_FACTOR if diversity > 0 else n
+        survivors = int(np.count_nonzero(keep))
+        # too few: the full path's top ``needed`` may hold items beyond the list, unless the
+        # list holds every item there is (then only a popularity top-up, on the full path, differs)
+        if survivors < needed and not (candidates.complete[index] and survivors >= n):
+            return None
+        kept = np.flatnonzero(keep)[:needed]
+        pool, pool_scores = items[kept], scores[kept]
+        # MMR over positions in the pool: it reads only the candidates' scores and categories
+        picked = mmr(np.arange(len(pool)), pool_scores, self.catalog.category[pool], n, diversity)
+        chosen = pool[picked]
+        weights = self.bundle.weights
+        start, end = weights.indptr[index], weights.indptr[index + 1]
+        reasons = self.reasons.personal_for(chosen, weights.indices[start:end], weights.data[start:end], filters,
+                                            candidates.anchors[index, kept[picked]])
+        return RecommendationList(self._listed(chosen, pool_scores[picked], reasons))
+
+    def _stored_anchors(self, index: int, chosen: np.ndarray, history: sp.csr_matrix) -> np.ndarray | None:
+        """Reason anchors of ``chosen`` for the unchanged history of user ``index``: stored ones
+        where the candidates hold them (so both paths explain alike), computed for the rest."""
+        candidates = self.candidates
+        if candidates is None:
+            return None
+        items, _ = candidates.row(index)
+        found = items[None, :] == chosen[:, None]
+        stored = found.any(axis=1)
+        codes = np.empty(len(chosen), dtype=np.int32)
+        codes[stored] = candidates.anchors[index, found[stored].argmax(axis=1)]
+        if not stored.all():
+            codes[~stored] = anchor_codes(self.model, chosen[~stored], history.indices)
+        return codes
+
+    def _allowed_among(self, items: np.ndarray, filters: Filters) -> np.ndarray:
+        """``allowed(filters)`` at ``items`` only (no catalog-wide copy when nothing but time filters)."""
+        if filters.kind or filters.category or filters.radius_km is not None:
+            return self.allowed(filters)[items]
+        return self.available(filters.at)[items]
 
     def _fallback_for(self, index: int, n: int, allowed: np.ndarray, filters: Filters,
                       context: UserContext | None, region: str | None) -> RecommendationList:
@@ -176,10 +246,14 @@ class DeliveryEngine:
         return mmr(candidates, scores, self.catalog.category, n, diversity)
 
     def _items(self, chosen: np.ndarray, scores: np.ndarray, reasons: list[str]) -> list[Recommended]:
+        return self._listed(chosen, scores[chosen], reasons)
+
+    def _listed(self, chosen: np.ndarray, values: np.ndarray, reasons: list[str]) -> list[Recommended]:
+        """The chosen items with their scores (``values`` aligned with ``chosen``) and reasons."""
         ids = self.catalog.items.ids_of(chosen)
         return [
-            Recommended(int(i), item_id, float(scores[i]) if np.isfinite(scores[i]) else 0.0, reason)
-            for i, item_id, reason in zip(chosen, ids, reasons, strict=True)
+            Recommended(i, item_id, value if math.isfinite(value) else 0.0, reason)
+            for i, item_id, value, reason in zip(chosen.tolist(), ids, values.tolist(), reasons, strict=True)
         ]
 
     # ---- per region ------------------------------------------------------------------

@@ -10,6 +10,8 @@ with rel the min-max normalised score over the candidates and λ the ``diversity
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -56,25 +58,44 @@ def top_k_batch(scores: np.ndarray, k: int, allowed: np.ndarray | None = None,
 
 def mmr(candidates: np.ndarray, scores: np.ndarray, categories: np.ndarray, n: int,
         diversity: float) -> np.ndarray:
-    """Re-rank ``candidates`` (best first) to ``n`` items trading score for category variety."""
+    """Re-rank ``candidates`` (best first) to ``n`` items trading score for category variety.
+
+    The candidates' scores must be finite.
+    """
     if not 0.0 <= diversity <= 1.0:
         raise ValueError(f"diversity must be in [0, 1], got {diversity}")
     candidates = np.asarray(candidates)
     if diversity == 0.0 or len(candidates) <= 1:
         return candidates[:n]
-    relevance = np.asarray(scores, dtype=np.float64)[candidates]
-    span = relevance.max() - relevance.min()
-    relevance = (relevance - relevance.min()) / span if span > 0 else np.ones_like(relevance)
-    cats = np.asarray(categories)[candidates]
+    values = np.asarray(scores, dtype=np.float64)[candidates]
+    if not np.isfinite(values).all():  # max() would not pick a nan the way np.argmax does
+        raise ValueError("MMR needs finite candidate scores (top_k returns only those)")
+    # plain floats from here: for the few dozen candidates of a request numpy's per-call cost
+    # dominates, and float arithmetic is the same IEEE double arithmetic, element by element
+    relevance = values.tolist()
+    low, span = min(relevance), max(relevance) - min(relevance)
+    relevance = [(r - low) / span for r in relevance] if span > 0 else [1.0] * len(relevance)
+    # a candidate's gain takes one of two values: before and after its category is chosen
+    # (redundancy 0 or 1); both are computed once
+    base = [(1.0 - diversity) * r for r in relevance]
+    redundant = [b - diversity for b in base]
+    cats = np.asarray(categories)[candidates].tolist()
+    return candidates[_mmr_positions(base, redundant, cats, min(n, len(candidates)))]
+
+
+def _mmr_positions(base: list[float], redundant: list[float], cats: list[int], n: int) -> list[int]:
+    """MMR positions: each step takes the first maximal gain, then lowers the gains of the
+    newly chosen category's members (the same numbers as recomputing every gain every step)."""
+    gain = list(base)
+    members: dict[int, list[int]] = {}
+    for position, category in enumerate(cats):
+        if category >= 0:  # an unknown category (-1) is never redundant
+            members.setdefault(category, []).append(position)
     chosen: list[int] = []
-    redundancy = np.zeros(len(candidates))  # 1 where the candidate's category is already chosen
-    remaining = np.ones(len(candidates), dtype=bool)
-    while len(chosen) < min(n, len(candidates)):
-        gain = (1.0 - diversity) * relevance - diversity * redundancy
-        gain[~remaining] = -np.inf
-        pick = int(np.argmax(gain))  # first max = best-scored among equals
+    for _ in range(n):
+        pick = gain.index(max(gain))  # first max = best-scored among equals, as np.argmax
         chosen.append(pick)
-        remaining[pick] = False
-        if cats[pick] >= 0:  # an unknown category (-1) is never redundant
-            redundancy[cats == cats[pick]] = 1.0
-    return candidates[chosen]
+        for position in members.pop(cats[pick], ()):  # the only chosen member so far is ``pick``
+            gain[position] = redundant[position]
+        gain[pick] = -math.inf
+    return chosen

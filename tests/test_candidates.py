@@ -1,0 +1,291 @@
+"""Precomputed candidates: the fast path returns exactly what full scoring returns.
+
+The fast path (known user, no live interactions, candidates in the bundle) must equal the
+full path item for item, score for score, reason for reason, whenever enough candidates
+survive the request's filters, and must step aside otherwise. Also: what the candidate lists
+hold, their round trip through a bundle, the server computing them for an old artifact,
+and the user route's hand-serialised body and documented query.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+from fastapi import FastAPI, Query
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+with warnings.catch_warnings():  # starlette's TestClient warns about its httpx dependency
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+from recsys import models
+from recsys.bundle import BundleError, ModelBundle
+from recsys.candidates import FILE_NAME, Candidates, attach_candidates, precompute_candidates
+from recsys.confidence import to_confidence
+from recsys.delivery import DeliveryEngine, Filters, UserContext
+from recsys.reasons import ANCHOR_SIMILARITY, NO_ANCHOR, NO_NOTION, anchor_codes
+from recsys.settings import EngineSettings
+from serving.app import create_app
+from serving.config import ServingSettings
+from serving.routers.recommendations import UserListQuery
+from serving.schemas import UserRecommendations
+from tests.serving_fixtures import CENTER, COLD_USERS, DAY, FAST_HYBRID, HIDDEN, T0, iso, rules_data
+
+K = 40
+"""Short lists (of 80 items), so that filters often leave too few and the full path must step in."""
+COLD_USERS_INDEX = 300
+"""The first user of the table without history."""
+
+
+@pytest.fixture(scope="module")
+def bundle() -> ModelBundle:
+    data = rules_data(seed=0)
+    model = models.create("hybrid", FAST_HYBRID).fit(data)
+    plain = ModelBundle(model, data.catalog, data.users, data.weights, EngineSettings(), {"trained_at": "t"})
+    return attach_candidates(plain, k=K)
+
+
+@pytest.fixture(scope="module")
+def engines(bundle) -> tuple[DeliveryEngine, DeliveryEngine]:
+    """(fast, full): the same bundle served with and without its candidates."""
+    fast = DeliveryEngine(bundle)
+    full = DeliveryEngine(bundle)
+    full.candidates = None
+    return fast, full
+
+
+def listed(result) -> list[tuple]:
+    return [(r.item, r.item_id, r.score, r.reason) for r in result.items]
+
+
+# ---- the two paths agree ----------------------------------------------------------------
+FAST_PATH_TAKEN: list[bool] = []
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(user=st.integers(0, 301), hours=st.floats(-5 * 24, 5 * 24), n=st.integers(1, 12),
+       diversity=st.sampled_from([0.0, 0.2, 0.5, 1.0]), kind=st.sampled_from([None, None, "event", "digital"]),
+       category=st.sampled_from([None, None, None, "讲座"]),
+       place=st.one_of(st.none(), st.none(), st.tuples(st.floats(0.5, 30.0), st.booleans())))
+def test_fast_path_equals_full_scoring(engines, bundle, user, hours, n, diversity, kind, category, place):
+    fast, full = engines
+    user_id = bundle.users.users.id_of(user)
+    lat, lon, radius = (CENTER[0], CENTER[1], place[0] if place[1] else None) if place else (None, None, None)
+    filters = Filters(at=T0 + hours * 3600, kind=kind, category=category, lat=lat, lon=lon, radius_km=radius)
+    taken = fast._from_candidates(bundle.candidates, user, n, filters, diversity) is not None
+    FAST_PATH_TAKEN.append(taken)
+    got = fast.for_user(user_id, n, filters, diversity=diversity)
+    expected = full.for_user(user_id, n, filters, diversity=diversity)
+    assert listed(got) == listed(expected) and got.fallback == expected.fallback
+    if taken:  # the fast path never answers with fewer than n items
+        assert len(got.items) == n
+
+
+def test_both_paths_were_exercised():
+    """The property above is only worth something if it compared both kinds of request."""
+    assert len(FAST_PATH_TAKEN) >= 100, len(FAST_PATH_TAKEN)
+    assert 0.3 < np.mean(FAST_PATH_TAKEN) < 0.97, np.mean(FAST_PATH_TAKEN)
+
+
+def test_time_alone_decides_the_fast_path(engines, bundle):
+    """Unfiltered 6-item lists for many known users, at times around the items' end dates."""
+    fast, full = engines
+    taken = 0
+    for user in range(0, 300, 3):
+        for day in (-3, 0, 2):
+            filters = Filters(at=T0 + day * DAY + 1800)
+            taken += fast._from_candidates(bundle.candidates, user, 6, filters, 0.2) is not None
+            user_id = bundle.users.users.id_of(user)
+            assert listed(fast.for_user(user_id, 6, filters)) == listed(full.for_user(user_id, 6, filters))
+    assert taken == 300  # at most 9 of 80 items are hidden or ended: 30 of 40 candidates always survive
+
+
+def test_live_interactions_and_large_lists_take_the_full_path(engines, bundle):
+    fast, _ = engines
+    candidates = bundle.candidates
+    filters = Filters(at=T0)
+    assert fast._from_candidates(candidates, 5, K // 5 + 1, filters, 0.2) is None  # 5 x n > k
+    item = int(candidates.row(5)[0][0])
+    live = fast.for_user("u5", 10, filters, context=UserContext(live_weights={item: 3.0}))
+    assert item not in [r.item for r in live.items]  # the full path folded the live item in
+    assert fast.for_user(COLD_USERS[0], 10, filters).fallback == "segment_popularity"
+
+
+# ---- what the lists hold ----------------------------------------------------------------
+def test_candidates_are_each_users_exact_top_k(bundle):
+    candidates = bundle.candidates
+    assert candidates.items.dtype == np.int32 and candidates.scores.dtype == np.float32
+    assert candidates.anchors.dtype == np.int16
+    codes = set(np.unique(candidates.anchors).tolist())
+    assert NO_ANCHOR in codes and max(codes) > 0 and min(codes) >= NO_NOTION  # named anchors and plain reasons
+    hidden = {bundle.catalog.items.index_of(i) for i in HIDDEN}
+    settings_ = bundle.settings
+    for user in (0, 1, 57, 299):
+        items, scores = candidates.row(user)
+        history = bundle.weights[user]
+        full = bundle.model.score(np.array([user]), to_confidence(history, settings_.confidence, settings_.alpha))[0]
+        assert len(items) == K and not candidates.complete[user]
+        assert not set(items.tolist()) & (set(history.indices.tolist()) | hidden)
+        np.testing.assert_array_equal(scores, full[items])
+        np.testing.assert_array_equal(candidates.anchors[user, :K], anchor_codes(bundle.model, items, history.indices))
+        order = np.lexsort((items, -scores.astype(np.float64)))
+        assert order.tolist() == list(range(K))  # best first, ties by lower index
+        allowed = np.ones(len(full), bool)
+        allowed[list(hidden)] = False
+        allowed[history.indices] = False
+        allowed[items] = False
+        assert full[allowed].max() <= scores[-1]  # nothing left out beats the last candidate
+    for cold in COLD_USERS:  # no history: an empty row that does not claim to be complete
+        index = bundle.users.users.index_of(cold)
+        assert len(candidates.row(index)[0]) == 0 and not candidates.complete[index]
+
+
+def test_a_list_holding_everything_is_complete(bundle):
+    every = precompute_candidates(bundle, k=500)
+    assert every.k == len(bundle.catalog)
+    np.testing.assert_array_equal(every.complete, np.diff(bundle.weights.indptr) > 0)
+    for user in (0, 11):
+        showable = ~bundle.catalog.hidden
+        showable[bundle.weights[user].indices] = False
+        assert sorted(every.row(user)[0].tolist()) == np.flatnonzero(showable).tolist()
+
+
+def test_only_the_asked_users_and_stopping(bundle):
+    some = precompute_candidates(bundle, k=10, users=[3, 4, COLD_USERS_INDEX])
+    assert [len(some.row(u)[0]) for u in (2, 3, 4, 5, COLD_USERS_INDEX)] == [0, 10, 10, 0, 0]
+    np.testing.assert_array_equal(some.row(3)[0], bundle.candidates.row(3)[0][:10])
+    assert precompute_candidates(bundle, k=10, should_stop=lambda: True) is None
+
+
+def test_anchor_codes_name_the_closest_history_item_or_say_why_not(bundle):
+    """A pure collaborative model cannot relate a never-touched item: its reason is not a name."""
+    data = rules_data(seed=0)
+    als = models.create("als", {"factors": 8, "iterations": 4, "num_threads": 1}).fit(data)
+    cold = int(np.flatnonzero(~als.known_items)[0])
+    history = bundle.weights[4].indices
+    closeness = als.item_similarity_matrix(np.array([3, 9]), history)
+    codes = anchor_codes(als, np.array([cold, 3, 9]), history)
+    assert codes[0] == NO_NOTION
+    for code, row in zip(codes[1:], closeness, strict=True):
+        assert code == (int(np.argmax(row)) if row.max() >= ANCHOR_SIMILARITY else NO_ANCHOR)
+    assert anchor_codes(als, np.array([3]), history[:0]).tolist() == [NO_ANCHOR]  # nothing to name
+
+
+# ---- persistence ------------------------------------------------------------------------
+def test_round_trip_through_the_bundle(bundle, tmp_path):
+    bundle.save(tmp_path / "b")
+    assert (tmp_path / "b" / FILE_NAME).is_file()
+    loaded = ModelBundle.load(tmp_path / "b")
+    for name in ("items", "scores", "anchors", "complete", "lengths"):
+        np.testing.assert_array_equal(getattr(loaded.candidates, name), getattr(bundle.candidates, name))
+    (tmp_path / "b" / FILE_NAME).unlink()
+    assert ModelBundle.load(tmp_path / "b").candidates is None  # an old artifact: full scoring
+
+
+def test_foreign_or_damaged_candidates_are_refused(bundle, tmp_path):
+    directory = bundle.save(tmp_path / "b")
+    c = bundle.candidates
+    Candidates(c.items[:10], c.scores[:10], c.anchors[:10], c.complete[:10]).save(directory / FILE_NAME)
+    with pytest.raises(BundleError, match="candidates"):
+        ModelBundle.load(directory)
+    shuffled = c.items.copy()
+    shuffled[0, 0], shuffled[0, -1] = -1, 7  # padding before an item
+    Candidates(shuffled, c.scores, c.anchors, c.complete).save(directory / FILE_NAME)
+    with pytest.raises(BundleError, match="padding"):
+        ModelBundle.load(directory)
+    beyond = c.anchors.copy()
+    beyond[0, 0] = bundle.weights[0].nnz  # one past the user's history
+    Candidates(c.items, c.scores, beyond, c.complete).save(directory / FILE_NAME)
+    with pytest.raises(BundleError, match="anchors"):
+        ModelBundle.load(directory)
+    (directory / FILE_NAME).write_bytes(b"not a zip")
+    with pytest.raises(BundleError, match="cannot load"):
+        ModelBundle.load(directory)
+
+
+# ---- the server -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def old_artifact(bundle, tmp_path_factory) -> Path:
+    directory = bundle.save(tmp_path_factory.mktemp("old") / "bundle")
+    (directory / FILE_NAME).unlink()
+    return directory
+
+
+def test_server_computes_missing_candidates_in_the_background(old_artifact, tmp_path, bundle):
+    app = create_app(ServingSettings(home=tmp_path / "home", model_dir=old_artifact))
+    with TestClient(app) as client:
+        holder = app.state.services.holder
+        assert holder.wait_for_candidates(60)
+        computed = holder.current.engine.candidates
+        np.testing.assert_array_equal(computed.items[:, :K], bundle.candidates.items)  # same order, longer
+        body = client.get("/v1/users/u7/recommendations", params={"n": 5, "at": iso(T0)}).json()
+        assert [i["item_id"] for i in body["items"]] == \
+            [r.item_id for r in DeliveryEngine(bundle).for_user("u7", 5, Filters(at=T0)).items]
+
+
+def test_server_caps_the_users_it_computes_for(old_artifact, tmp_path, bundle):
+    app = create_app(ServingSettings(home=tmp_path / "home", model_dir=old_artifact, candidate_users=5))
+    with TestClient(app):
+        holder = app.state.services.holder
+        assert holder.wait_for_candidates(60)
+        computed = holder.current.engine.candidates
+    activity = np.diff(bundle.weights.indptr)
+    covered = np.flatnonzero(computed.lengths > 0)
+    assert len(covered) == 5 and activity[covered].min() >= np.sort(activity)[-5]  # the most active
+    app = create_app(ServingSettings(home=tmp_path / "home2", model_dir=old_artifact, candidate_users=0))
+    with TestClient(app):
+        assert app.state.services.holder.current.engine.candidates is None
+
+
+@pytest.fixture(scope="module")
+def client(bundle, tmp_path_factory):
+    directory = bundle.save(tmp_path_factory.mktemp("new") / "bundle")
+    with TestClient(create_app(ServingSettings(home=tmp_path_factory.mktemp("home"), model_dir=directory))) as c:
+        yield c
+
+
+def test_user_body_is_what_the_response_model_would_send(client, engines):
+    """Byte for byte what FastAPI's JSONResponse would make of the validated response model."""
+    requests = [("u3", {"n": 7, "at": iso(T0)}), ("u3", {"n": 3, "lat": CENTER[0], "lon": CENTER[1]}),
+                ('戏迷 "老王"\\\n', {"n": 4}), ("u8", {"n": 2, "kind": "digital", "diversity": 0})]
+    for user, params in requests:
+        response = client.get(f"/v1/users/{quote(user, safe='')}/recommendations", params=params)
+        assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+        model = UserRecommendations.model_validate(response.json())
+        rendered = json.dumps(model.model_dump(), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        assert response.content == rendered.encode("utf-8")
+        assert model.user_id == user and len(model.items) == params["n"]
+        assert model.fallback == (None if user.startswith("u") else "popularity")
+    expected = engines[0].for_user("u3", 7, Filters(at=T0))
+    body = client.get("/v1/users/u3/recommendations", params={"n": 7, "at": iso(T0)}).json()
+    assert [(i["item_id"], i["score"], i["reason"]) for i in body["items"]] == \
+        [(r.item_id, round(r.score, 6), r.reason) for r in expected.items]
+    catalog = engines[0].catalog
+    assert [(i["title"], i["kind"], i["category"]) for i in body["items"]] == \
+        [(catalog.title[r.item], catalog.kind_name(r.item), catalog.category_name(r.item)) for r in expected.items]
+
+
+def test_user_query_is_documented_as_fastapi_documents_query_parameters(client):
+    reference = FastAPI()
+
+    @reference.get("/q")
+    def declared(q: Annotated[UserListQuery, Query()]) -> None:  # the fields as individual query parameters
+        return None
+
+    expected = {p["name"]: p for p in reference.openapi()["paths"]["/q"]["get"]["parameters"]}
+    documented = client.get("/openapi.json").json()["paths"]["/v1/users/{user_id}/recommendations"]["get"]
+    parameters = {p["name"]: p for p in documented["parameters"]}
+    assert set(parameters) == {"user_id", *UserListQuery.model_fields}
+    for name, parameter in expected.items():
+        assert parameters[name] == parameter
+    response = client.get("/v1/users/u1/recommendations", params={"n": 0, "diversity": 2})
+    detail = response.json()["detail"]
+    assert response.status_code == 422 and "n: " in detail and "diversity: " in detail
+
