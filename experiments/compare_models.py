@@ -43,7 +43,8 @@ from training.evaluate import evaluate
 
 log = logging.getLogger(__name__)
 
-MODELS: tuple[str, ...] = ("popularity", "itemknn", "bpr", "als", "ease", "hybrid")
+MODELS: tuple[str, ...] = ("popularity", "itemknn", "bpr", "als", "ease", "hybrid", "hybrid-large")
+"""Config names under experiments/configs/ (a config names its model)."""
 COLUMNS: tuple[tuple[str, str], ...] = (("ndcg@10", "NDCG@10"), ("recall@20", "Recall@20"),
                                         ("coverage@10", "Coverage@10"))
 
@@ -95,10 +96,10 @@ def run_benchmark(key: str, *, seed: int = 0, model_names: tuple[str, ...] = MOD
     splits: dict[str, Split] = {}
     results = []
     for name in model_names:
-        cfg = load_config(config_dir / f"{name}.toml", name)
+        cfg = load_config(config_dir / f"{name}.toml")
         settings = settings_for(cfg, key)
         split = _split_for(benchmark, frames, settings, seed, splits)
-        results.append(_run_model(key, cfg, settings, split))
+        results.append(_run_model(key, name, cfg, settings, split))
         log.info("%s %s: ndcg@10 %.4f", key, name, results[-1].metrics["ndcg@10"])
     first = next(iter(splits.values()))
     info = {
@@ -124,7 +125,7 @@ def _split_for(benchmark: Benchmark, frames: ContractFrames, settings: EngineSet
     return cache[key]
 
 
-def _run_model(dataset: str, cfg: TrainConfig, settings: EngineSettings, split: Split) -> Result:
+def _run_model(dataset: str, name: str, cfg: TrainConfig, settings: EngineSettings, split: Split) -> Result:
     model = models.create(cfg.model, cfg.params)
     started = time.perf_counter()
     with warnings.catch_warnings():
@@ -136,7 +137,7 @@ def _run_model(dataset: str, cfg: TrainConfig, settings: EngineSettings, split: 
     if not math.isclose(float(np.nanmean(per_user)), evaluation.ndcg10, rel_tol=1e-6, abs_tol=1e-9):
         raise RuntimeError("per-user NDCG@10 does not reproduce the evaluation's mean")
     half_width = 1.96 * float(np.nanstd(per_user, ddof=1)) / math.sqrt(max(evaluation.n_users, 1))
-    return Result(dataset, cfg.model, evaluation.metrics, half_width, fit_seconds, evaluation.n_users,
+    return Result(dataset, name, evaluation.metrics, half_width, fit_seconds, evaluation.n_users,
                   cfg.resolved_params, settings.model_dump())
 
 

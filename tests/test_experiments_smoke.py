@@ -118,10 +118,10 @@ def test_hybrid_with_other_collaborative_parts_round_trips(cf_model, movielens, 
 def test_tuned_models_beat_popularity_on_movielens():
     # The per-user temporal holdout evaluates ~660 users; the global time cutoff only ~20
     # (MovieLens users rate in bursts), too few for any model to differ significantly.
-    run = run_benchmark("ml-user", model_names=("popularity", "als", "hybrid"))
+    run = run_benchmark("ml-user", model_names=("popularity", "als", "hybrid-large"))
     ndcg = {r.model: r.metrics["ndcg@10"] for r in run.results}
     half_width = {r.model: r.ndcg_half_width for r in run.results}
     assert run.split_info["test_users"] > 600
-    for name in ("als", "hybrid"):
+    for name in ("als", "hybrid-large"):
         assert ndcg[name] > 1.5 * ndcg["popularity"], ndcg
         assert ndcg[name] - half_width[name] > ndcg["popularity"] + half_width["popularity"], (ndcg, half_width)
