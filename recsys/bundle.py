@@ -8,6 +8,8 @@
     weights.npz     decayed user x item weights at the end of the data (histories)
     candidates.npz  optional: each user's best items, scored offline (recsys.candidates);
                     an artifact without it is served by full scoring
+    ann.index       optional: the approximate inner-product index over the model's item
+    ann.json        factors, built for large catalogs (recsys.ann); without it, exact scoring
 
 No pickle anywhere: npz loads with ``allow_pickle=False`` and JSON. Loading validates
 shapes and the format version, so a truncated or foreign artifact is refused with a
@@ -26,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys import models
+from recsys.ann import InnerProductIndex, load_for
 from recsys.candidates import FILE_NAME as CANDIDATES_FILE
 from recsys.candidates import Candidates
 from recsys.catalog import Catalog
@@ -52,6 +55,8 @@ class ModelBundle:
     manifest: dict[str, Any] = field(default_factory=dict)
     candidates: Candidates | None = None
     """Per-user candidate lists scored offline, if the artifact has them."""
+    ann: InnerProductIndex | None = None
+    """The approximate index over the model's item factors, if the catalog was large enough."""
 
     def __post_init__(self) -> None:
         expected = (len(self.users), len(self.catalog))
@@ -71,6 +76,8 @@ class ModelBundle:
         np.savez_compressed(directory / "weights.npz", **csr_arrays("weights", self.weights))
         if self.candidates is not None:
             self.candidates.save(directory / CANDIDATES_FILE)
+        if self.ann is not None:
+            self.ann.save(directory)
         manifest = {
             **self.manifest,
             "format_version": FORMAT_VERSION,
@@ -100,13 +107,14 @@ class ModelBundle:
             settings = EngineSettings(**manifest.get("settings", {}))
             candidates_path = directory / CANDIDATES_FILE
             candidates = Candidates.load(candidates_path) if candidates_path.is_file() else None
+            ann = load_for(model, directory)
         except BundleError:
             raise
         except Exception as exc:  # any corruption: missing file, bad zip, bad JSON, wrong keys
             raise BundleError(f"cannot load model artifact at {directory}: {exc}") from exc
         if (manifest.get("n_users"), manifest.get("n_items")) != (len(users), len(catalog)):
             raise BundleError(f"artifact at {directory} is inconsistent with its manifest")
-        bundle = cls(model, catalog, users, weights, settings, manifest, candidates)
+        bundle = cls(model, catalog, users, weights, settings, manifest, candidates, ann)
         bundle.smoke_test()
         return bundle
 

@@ -31,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.ann import approximate_top_n
 from recsys.bundle import ModelBundle
 from recsys.candidates import Candidates
 from recsys.confidence import to_confidence
@@ -106,6 +107,8 @@ class DeliveryEngine:
         self._known_users = np.diff(bundle.weights.indptr) > 0
         self.candidates: Candidates | None = bundle.candidates
         """Replaced once (by the server) when the bundle came without them; read once per request."""
+        self.ann = bundle.ann
+        """The approximate index of a large catalog (recsys.ann): the full path scores only its candidates."""
 
     def use_candidates(self, candidates: Candidates) -> None:
         """Serve known users from ``candidates`` from now on (computed after the engine was built)."""
@@ -171,6 +174,8 @@ class DeliveryEngine:
             return self._fallback_for(index, n, allowed, filters, context, region)
         live = bool(context and context.live_weights)
         model_row = -1 if (live or index < 0) else index  # fold in whenever the history changed
+        if self.ann is not None:
+            return self._approximate_for(index, model_row, weights, n, allowed, filters, diversity)
         scores = self.model.score(np.array([model_row]), self.confidence(weights))[0]
         chosen = self._select(scores, n, allowed, diversity)
         if len(chosen) < n:  # a pure CF model may score few items; top up with popularity
@@ -180,6 +185,27 @@ class DeliveryEngine:
         codes = self._stored_anchors(index, chosen, weights) if model_row >= 0 else None
         reasons = self.reasons.personal_for(chosen, weights.indices, weights.data, filters, codes)
         return RecommendationList(self._items(chosen, scores, reasons))
+
+    def _approximate_for(self, index: int, model_row: int, weights: sp.csr_matrix, n: int, allowed: np.ndarray,
+                         filters: Filters, diversity: float) -> RecommendationList:
+        """The full path through the approximate index: the model scores only the index's
+        candidates (:func:`recsys.ann.approximate_top_n`); diversity, top-up and reasons as there."""
+        needed = n * CANDIDATE_FACTOR if diversity > 0 else n
+        best, values = approximate_top_n(self.model, self.ann, np.array([model_row]), self.confidence(weights),
+                                         allowed, needed)
+        filled = best[0] >= 0
+        pool, pool_scores = best[0][filled], values[0][filled]
+        picked = mmr(np.arange(len(pool)), pool_scores, self.catalog.category[pool], n, diversity)
+        chosen, chosen_scores = pool[picked], pool_scores[picked]
+        if len(chosen) < n:  # fewer scorable items than asked for: top up with popularity, as the full path
+            rest = allowed.copy()
+            rest[chosen] = False
+            extra = top_k(self.popularity.global_scores(), n - len(chosen), rest)
+            chosen = np.concatenate([chosen, extra])
+            chosen_scores = np.concatenate([chosen_scores, np.full(len(extra), -np.inf, dtype=np.float32)])
+        codes = self._stored_anchors(index, chosen, weights) if model_row >= 0 else None
+        reasons = self.reasons.personal_for(chosen, weights.indices, weights.data, filters, codes)
+        return RecommendationList(self._listed(chosen, chosen_scores, reasons))
 
     def _from_candidates(self, candidates: Candidates, index: int, n: int, filters: Filters,
                          diversity: float) -> RecommendationList | None:
@@ -309,6 +335,8 @@ class DeliveryEngine:
         segment popularity; every user's history is excluded.
         """
         rows = np.asarray(rows, dtype=np.int64)
+        if self.ann is not None:
+            return self._approximate_rows(rows, n, at, batch_size)
         items = np.full((len(rows), n), -1, dtype=np.int64)
         values = np.full((len(rows), n), np.nan, dtype=np.float32)
         allowed = self.available(at)
@@ -324,6 +352,32 @@ class DeliveryEngine:
             picked = np.take_along_axis(scores, np.where(filled, best, 0), axis=1)
             items[start:start + len(chunk)] = best
             values[start:start + len(chunk)] = np.where(filled, picked, np.nan)
+        return items, values
+
+    def _approximate_rows(self, rows: np.ndarray, n: int, at: float,
+                          batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`top_n_for_rows` through the approximate index (no dense users x catalog scores)."""
+        items = np.full((len(rows), n), -1, dtype=np.int64)
+        values = np.full((len(rows), n), np.nan, dtype=np.float32)
+        allowed = self.available(at)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            weights = self.bundle.weights[chunk]
+            warm = np.diff(weights.indptr) > 0
+            if warm.any():
+                history = weights[warm]
+                best, picked = approximate_top_n(self.model, self.ann, chunk[warm], self.confidence(history),
+                                                 allowed, n, exclude=history)
+                items[start + np.flatnonzero(warm)] = best
+                values[start + np.flatnonzero(warm)] = picked
+            cold = np.flatnonzero(~warm)
+            if len(cold):  # no history: segment popularity, as the exact path
+                scores = PopularityModel.score(self.popularity, chunk[cold], weights[cold])
+                best = top_k_batch(scores, n, allowed)
+                filled = best >= 0
+                picked = np.take_along_axis(scores, np.where(filled, best, 0), axis=1)
+                items[start + cold] = best
+                values[start + cold] = np.where(filled, picked, np.nan)
         return items, values
 
 

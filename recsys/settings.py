@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recsys.contract import ACTIONS
@@ -19,6 +19,22 @@ from recsys.contract import ACTIONS
 DEFAULT_ACTION_WEIGHTS: dict[str, float] = {
     "view": 1.0, "click": 1.0, "favorite": 3.0, "share": 3.0, "reserve": 5.0, "attend": 8.0,
 }
+
+
+class AnnSettings(BaseModel):
+    """When and how a factor model's items get an approximate inner-product index (recsys.ann)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_items: int = Field(100_000, ge=0, description="build the index when the catalog has at least this many items")
+    nlist: int = Field(0, ge=0, description="inverted lists; 0 = 4 x sqrt(indexed items)")
+    nprobe: int = Field(0, ge=0, description="lists scanned per query; 0 = nlist / 6")
+    overfetch: int = Field(4, ge=2, description="fetch this many times the items needed, to survive the filters")
+    max_rounds: int = Field(3, ge=1, description="growing fetches before falling back to exact scoring")
+    train_sample: int = Field(100_000, ge=1_000, description="k-means sample (at least 39 per list)")
+    build_threads: int = Field(0, ge=0, description="threads while building; 0 = all cores")
+    search_threads: int = Field(1, ge=0, description="threads per search; 0 = all cores (requests run in parallel)")
+    seed: int = 0
 
 
 class EngineSettings(BaseSettings):
@@ -32,6 +48,7 @@ class EngineSettings(BaseSettings):
     confidence: Literal["log", "linear", "bm25"] = "log"
     alpha: float = Field(2.0, gt=0, description="confidence = 1 + alpha * log1p(w) (log transform)")
     timezone: str = "Asia/Shanghai"
+    ann: AnnSettings = Field(default_factory=AnnSettings)
 
     @field_validator("action_weights")
     @classmethod

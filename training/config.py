@@ -40,7 +40,9 @@ class TrainConfig:
         return models.create(self.model, self.params).config.model_dump()
 
     def config_hash(self) -> str:
-        recipe = {"model": self.model, "params": self.resolved_params, "engine": self.engine.model_dump()}
+        # the ANN index only speeds up serving the same model: not part of the recipe the gate compares
+        engine = self.engine.model_dump(exclude={"ann"})
+        recipe = {"model": self.model, "params": self.resolved_params, "engine": engine}
         return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:

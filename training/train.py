@@ -23,6 +23,7 @@ import mlflow
 from features.dataset import Dataset, Split, load_dataset
 from features.ingest import ingest
 from recsys import models
+from recsys.ann import build_for as build_ann_index
 from recsys.bundle import ModelBundle
 from recsys.candidates import attach_candidates
 from recsys.home import EngineHome
@@ -247,6 +248,7 @@ def _save_bundle(model, data: Dataset, cfg: TrainConfig, metrics: dict[str, floa
         "config_hash": cfg.config_hash(), "metrics": {k: metrics.get(k) for k in KEY_METRICS},
     }
     bundle = ModelBundle(model, data.full.catalog, data.full.users, data.full.weights, cfg.engine, manifest)
+    bundle.ann = build_ann_index(model, len(bundle.catalog), cfg.engine.ann)  # None below ann.min_items items
     return attach_candidates(bundle).save(directory / "bundle")  # the server's per-user fast path
 
 
