@@ -38,6 +38,7 @@ from pathlib import Path
 import polars as pl
 
 from features import store
+from recsys.durable import fsync_dir, fsync_file
 from recsys.home import EngineHome
 
 log = logging.getLogger(__name__)
@@ -55,19 +56,6 @@ def new_ingest_id() -> str:
     """A unique, time-ordered id without dots (file stems must equal it)."""
     return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(4)}"
 
-
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (creations, renames, deletions) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
 
 
 def make_dirs(path: Path) -> list[Path]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from recsys.durable import fsync_dir
 from serving.sources import Fetched
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class LastKnownGood:
         if self.link.exists() and not self.link.is_symlink():
             shutil.rmtree(self.link)  # a plain directory from a manual copy: replace it
         os.replace(temporary, self.link)
-        _fsync_dir(self.parent)
+        fsync_dir(self.parent)
 
     def _prune(self) -> None:
         current = self.link.resolve().name if self.link.exists() else None
@@ -111,12 +112,4 @@ def _fsync_tree(root: Path) -> None:
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
     for directory in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
-        _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(directory)

@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from recsys.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 SEGMENT_NAME = re.compile(r"\d{8}T\d{6,12}Z-\d+\.jsonl")
@@ -75,7 +77,7 @@ class SegmentWriter:
             self._size = os.fstat(self._fd).st_size
             if not existed:  # the new names must survive a crash too, not only the bytes
                 for directory in [self.directory, *(d.parent for d in missing)]:
-                    _fsync_dir(directory)
+                    fsync_dir(directory)
             log.info("appending posted interactions to %s", self.path)
         return self._fd
 
@@ -111,12 +113,4 @@ def append_line_durably(path: Path, record: Mapping[str, Any]) -> None:
     finally:
         os.close(fd)
     if created:
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(path.parent)

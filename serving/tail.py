@@ -56,6 +56,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.contract import InteractionIn, parse_timestamp
+from recsys.durable import fsync_dir
 from serving.config import ServingSettings
 from serving.erasure import ErasedUsers
 from serving.live import LiveInteractions
@@ -384,11 +385,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             scratch.unlink()
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 # ---- the loops ------------------------------------------------------------------------------
