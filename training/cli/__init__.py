@@ -37,6 +37,7 @@ def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debu
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not verbose:  # MLflow narrates every registration and migration at INFO
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
         for noisy in ("mlflow", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
