@@ -83,10 +83,19 @@ class VersionInfo:
 
 def log_bundle(bundle_dir: Path) -> str:
     """Log the bundle as a pyfunc model in the active run; returns the model URI."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    # user ids in, ranked lists out (see training/pyfunc_model.py)
+    signature = infer_signature(
+        pd.DataFrame({"user_id": ["u1"]}),
+        pd.DataFrame({"user_id": ["u1"], "rank": [1], "item_id": ["i1"], "score": [0.5]}),
+    )
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(PYFUNC_CODE),
         artifacts={"bundle": str(bundle_dir)},
+        signature=signature,
         pip_requirements=["cultural-recsys"],
     )
     return info.model_uri
