@@ -2,7 +2,8 @@
 
     python -m experiments.bench_scale [--part train|serve|all] [--users 220000] [--items 10000]
                                       [--days 60] [--master local[2]] [--serve-items 1000000]
-                                      [--factors 64] [--queries 300] [--json FILE]
+                                      [--factors 64] [--queries 300] [--driver-memory 6g]
+                                      [--json FILE]
 
 1. Training (``--part train``): one synthetic cultural cloud (:mod:`features.synthetic`,
    ~5M interactions at the default size) is written as provider files and committed to a
@@ -66,7 +67,8 @@ def build_store(root: Path, users: int, items: int, days: int, seed: int) -> dic
     return counts
 
 
-def train_both(home_root: Path, master: str, factors: int, iterations: int, seed: int) -> dict[str, Any]:
+def train_both(home_root: Path, master: str, factors: int, iterations: int, seed: int,
+               driver_memory: str = "6g") -> dict[str, Any]:
     """The same ALS recipe trained by implicit and by Spark on the same store."""
     from recsys.home import EngineHome
     from training.config import TrainConfig
@@ -78,7 +80,8 @@ def train_both(home_root: Path, master: str, factors: int, iterations: int, seed
     options = TrainOptions(config=config, seed=seed, promote=False)
     results: dict[str, Any] = {"params": config.resolved_params}
     for name, run in (("implicit", lambda: train(home, options)),
-                      ("spark", lambda: train_spark(home, options, SparkOptions(master=master)))):
+                      ("spark", lambda: train_spark(home, options, SparkOptions(
+                          master=master, conf={"spark.driver.memory": driver_memory})))):
         started = time.perf_counter()
         result = run()
         wall = time.perf_counter() - started
@@ -221,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factors", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=15)
     parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--driver-memory", default="6g",
+                        help="Spark driver heap; in local mode it holds the executors too")
     parser.add_argument("--serve-items", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
@@ -235,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             counts = build_store(Path(tmp), args.users, args.items, args.days, args.seed)
             store_seconds = round(time.perf_counter() - started, 1)
-            trained = train_both(Path(tmp) / "home", args.master, args.factors, args.iterations, args.seed)
+            trained = train_both(Path(tmp) / "home", args.master, args.factors, args.iterations, args.seed,
+                                 args.driver_memory)
         result["train"] = {"data": counts, "store_seconds": store_seconds, "master": args.master, **trained}
     print(render(result))
     if args.json:

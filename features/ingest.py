@@ -18,16 +18,17 @@ store (they are counted as ``erased``: ``input_rows == accepted + quarantined + 
 its own transaction: the day partitions and quarantine files holding their rows are
 rewritten without them as files of this run and retired by its log line, ``users.parquet``
 is replaced without them, and their lines in the API's incoming segments are blanked.
+
+Segments of stopped servers that are wholly in the store are deleted after a retention
+period (:mod:`features.incoming`), so the folder does not grow with every server start.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from typing import Any
 import polars as pl
 
 from features import schemas, store, writer
+from features.incoming import DEFAULT_KEEP_DAYS, abandoned, prune_consumed
 from features.lock import StoreLocked, writer_lock
 from features.validate import (
     QUARANTINE,
@@ -106,6 +108,8 @@ class IngestSummary:
     tables: dict[str, TableCounts]
     quarantine_file: Path | None
     committed: bool = False
+    removed_segments: list[str] = field(default_factory=list)
+    """Fully ingested API segments of stopped servers deleted by this run (:mod:`features.incoming`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +117,7 @@ class IngestSummary:
             "committed": self.committed,
             "tables": {name: counts.to_dict() for name, counts in self.tables.items()},
             "quarantine_file": str(self.quarantine_file) if self.quarantine_file else None,
+            "removed_segments": list(self.removed_segments),
             "rule": "input_rows = accepted + quarantined + duplicates (+ erased)",
         }
 
@@ -265,33 +270,6 @@ def _parse_lines(chunk: bytes, source: str, first_line: int) -> tuple[list[dict[
             row.update({TORN: True, RAW_LINE: line.decode("utf-8", errors="replace")})
         rows.append(row)
     return rows, len(lines)
-
-
-SERVER_SEGMENT = re.compile(r"\d{8}T\d{6,12}Z-\d+\.jsonl")
-"""Names of segments written by ``serving.segments.SegmentWriter`` (which flock their file)."""
-
-
-def abandoned(segment: Path) -> bool:
-    """Whether a server's segment has no live writer any more (nobody holds its flock).
-
-    Only segments named like a server's count: other files in ``incoming/`` may be written
-    by tools that take no lock, and their unterminated last line keeps waiting.
-    """
-    if not SERVER_SEGMENT.fullmatch(segment.name):
-        return False
-    try:
-        fd = os.open(segment, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return True
-    finally:
-        os.close(fd)
 
 
 def _read_incoming_raw(home: EngineHome, entries: list[dict]) -> _Incoming:
@@ -705,9 +683,12 @@ def ingest(
     settings: EngineSettings | None = None,
     include_incoming: bool = True,
     wait_seconds: float = 0,
+    keep_incoming_days: float = DEFAULT_KEEP_DAYS,
 ) -> IngestSummary:
     """Validate provider files and the API's new lines and append them to the store.
 
+    Afterwards, segments of stopped servers that are fully in the store and were last
+    written more than ``keep_incoming_days`` ago are deleted (:mod:`features.incoming`).
     Raises :class:`ContractError` (nothing written) for an unreadable file or a missing
     required column, and :class:`StoreLocked` when another writer holds the store longer
     than ``wait_seconds``.
@@ -728,6 +709,7 @@ def ingest(
             log.info("%s already ingested (sha256 %s); skipping it", skipped.path, skipped.sha256[:12])
         has_lines = bool(incoming and incoming.offsets)
         if not fresh and not has_lines and not erasure.pending:
+            summary.removed_segments = _prune_incoming(home, entries, keep_incoming_days)
             return summary
         frames = {i.table: _raw(i.frame, i.table, ingest_id=ingest_id, table=i.table, source=str(i.path))
                   for i in fresh}
@@ -759,8 +741,14 @@ def ingest(
                                     "blanked_lines": blanked}
         summary.quarantine_file = _write(home, ingest_id, outcome, entry, compaction)
         summary.committed = True
+        summary.removed_segments = _prune_incoming(home, store.ingest_log(home), keep_incoming_days)
     _log_summary(summary)
     return summary
+
+
+def _prune_incoming(home: EngineHome, entries: list[dict], keep_days: float) -> list[str]:
+    committed = {name: done["end"] for name, done in _committed_offsets(entries).items()}
+    return prune_consumed(home.incoming, committed, keep_days)
 
 
 def retry_quarantine(home: EngineHome, settings: EngineSettings | None = None, *,

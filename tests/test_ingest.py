@@ -3,6 +3,7 @@ incoming API segments, quarantine retry, the writer lock and the CLI verbs."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -461,6 +462,48 @@ def test_incoming_segments_are_picked_up_once_and_torn_lines_quarantined(
     assert sorted(stored["user_id"].to_list()) == ["u1", "u4", "用户"]
     assert ingest(home).tables == {}
     assert read_incoming(home)[0].height == 0
+
+
+def test_only_wholly_ingested_segments_of_stopped_servers_are_removed_after_retention(
+        home: EngineHome, catalog: Path) -> None:
+    ingest(home, items=catalog)
+    home.incoming.mkdir(parents=True)
+    line = json.dumps({"user_id": "u1", "item_id": "e1", "action": "view", "ts": 1795136000}) + "\n"
+    names = {
+        "stopped": "20261101T000000000000Z-11.jsonl",
+        "running": "20261101T000000000000Z-12.jsonl",   # its writer still holds the flock
+        "recent": "20261101T000000000000Z-13.jsonl",    # written within the retention period
+        "torn": "20261101T000000000000Z-14.jsonl",      # writer died mid-line: read to its end first
+        "tool": "export.jsonl",                         # not a server's: never touched
+    }
+    for key, name in names.items():
+        text = line.replace("u1", key)
+        (home.incoming / name).write_text(text + ('{"user_id": "x' if key == "torn" else ""), encoding="utf-8")
+    month_ago = time.time() - 30 * 86_400
+    for key in ("stopped", "running", "torn", "tool"):
+        os.utime(home.incoming / names[key], (month_ago, month_ago))
+    with open(home.incoming / names["running"], "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        first = ingest(home)
+        assert sorted(first.removed_segments) == sorted([names["stopped"], names["torn"]])
+        assert sorted(p.name for p in home.incoming.iterdir()) == sorted(
+            [names["running"], names["recent"], names["tool"]])
+        assert first.to_dict()["removed_segments"] == first.removed_segments
+    stored = sorted(store.scan_interactions(home).collect()["user_id"].to_list())
+    assert stored == ["recent", "running", "stopped", "tool", "torn"]  # every line was kept first
+    assert store.scan_quarantine(home).collect()["reason"].to_list() == [Reason.TORN_LINE.value]
+
+    # the writer has stopped now; a zero retention removes what is wholly ingested at once
+    again = ingest(home, keep_incoming_days=0)
+    assert sorted(again.removed_segments) == sorted([names["running"], names["recent"]])
+    assert [p.name for p in home.incoming.iterdir()] == ["export.jsonl"]
+    assert again.tables == {} and store.scan_interactions(home).collect().height == 5
+    # a segment with lines not yet committed stays, whatever its age
+    pending = home.incoming / "20261101T000000000000Z-15.jsonl"
+    pending.write_text(line, encoding="utf-8")
+    os.utime(pending, (month_ago, month_ago))
+    assert ingest(home, keep_incoming_days=0, include_incoming=False).removed_segments == []
+    assert pending.exists()
 
 
 # --------------------------------------------------------------------------- quarantine retry

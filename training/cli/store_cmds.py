@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from features.incoming import DEFAULT_KEEP_DAYS
 from features.ingest import ingest, retry_quarantine, store_info
 from training.cli.common import HomeOption, JsonOption, emit, home_of, user_errors
 
@@ -23,6 +24,10 @@ def ingest_cmd(
         "--retry-quarantine", help="Validate quarantined rows again and accept those that now pass")] = False,
     wait: Annotated[float, typer.Option(
         "--wait", min=0, help="Seconds to wait for another writer to finish")] = 0,
+    keep_incoming_days: Annotated[float, typer.Option(
+        "--keep-incoming-days", min=0,
+        help="Delete a stopped server's API segment this many days after its last write, once it is "
+             "wholly in the store")] = DEFAULT_KEEP_DAYS,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -36,7 +41,8 @@ def ingest_cmd(
     engine_home = home_of(home)
     with user_errors():
         summary: dict[str, Any] = ingest(
-            engine_home, interactions=interactions, users=users, items=items, wait_seconds=wait
+            engine_home, interactions=interactions, users=users, items=items, wait_seconds=wait,
+            keep_incoming_days=keep_incoming_days,
         ).to_dict()
         if retry_quarantine_rows:
             retried = retry_quarantine(engine_home, wait_seconds=wait).to_dict()
@@ -48,6 +54,8 @@ def _render_ingest(summary: dict[str, Any]) -> None:
     runs = summary if "retry" in summary else {"ingest": summary}
     out = Console()
     for label, run in runs.items():
+        if run.get("removed_segments"):
+            out.print(f"removed {len(run['removed_segments'])} fully ingested API segment(s) of stopped servers")
         if not run["tables"]:
             out.print(f"[bold]{label}[/bold]: nothing to do")
             continue
