@@ -69,12 +69,12 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
 def build_services(settings: ServingSettings) -> Services:
     home = settings.engine_home()
     metrics = Metrics()
+    live = LiveInteractions(settings.live_max_users, settings.live_max_items_per_user)
     holder = ModelHolder(
         model_source(settings, home), LastKnownGood(home.serving_cache), home.serving_cache.parent / "downloads",
-        lang=settings.lang, on_change=lambda served: _publish(metrics, served),
+        lang=settings.lang, on_change=lambda served: _model_changed(metrics, live, served),
         candidate_users=settings.candidate_users,
     )
-    live = LiveInteractions(settings.live_max_users, settings.live_max_items_per_user)
     return Services(
         settings=settings,
         holder=holder,
@@ -92,8 +92,14 @@ def model_source(settings: ServingSettings, home: EngineHome) -> ModelSource:
     return RegistrySource(home.tracking_uri(), settings.model_name, settings.model_alias)
 
 
-def _publish(metrics: Metrics, served: ServedModel) -> None:
+def _model_changed(metrics: Metrics, live: LiveInteractions, served: ServedModel) -> None:
     metrics.served(served.version, served.labels(), served.degraded is not None)
+    data_end = served.data_end()
+    if data_end is not None:  # what the new model was trained on must not count twice
+        dropped = live.expire_trained(data_end)
+        if dropped:
+            log.info("version %s holds %d live (user, item) interactions already; dropped them",
+                     served.version, dropped)
 
 
 @asynccontextmanager

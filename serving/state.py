@@ -29,6 +29,7 @@ import numpy as np
 
 from recsys.bundle import ModelBundle
 from recsys.candidates import precompute_candidates
+from recsys.contract import parse_timestamp
 from recsys.delivery import DeliveryEngine, Filters
 from serving.cache import LastKnownGood
 from serving.sources import ModelSource, SourceError
@@ -65,6 +66,11 @@ class ServedModel:
     @property
     def manifest(self) -> dict[str, Any]:
         return self.engine.bundle.manifest
+
+    def data_end(self) -> float | None:
+        """The last event the model was trained on (epoch seconds); None when its manifest has none."""
+        moment = parse_timestamp(self.manifest.get("data_end"), self.bundle.settings.timezone)
+        return None if moment is None else moment.timestamp()
 
     def labels(self) -> dict[str, str]:
         """Model facts as string labels (for the Prometheus info metric)."""

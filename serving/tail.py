@@ -221,7 +221,8 @@ class PeerInteractions:
             elif row.user_id in self.erased:
                 counts["erased"] += 1
             else:
-                self.live.add(row.user_id, row.item_id, settings.weight_of(row.action, row.value))
+                self.live.add(row.user_id, row.item_id, settings.weight_of(row.action, row.value),
+                              row.timestamp(settings.timezone).timestamp())
                 if row.user_id in self.erased:  # erased while we added: what the erasure forgot comes back
                     self.live.forget(row.user_id)
                 counts["applied"] += 1
@@ -277,12 +278,12 @@ def event_time(record: dict[str, Any], timezone: str) -> float | None:
 
 def data_end_of(served: ServedModel) -> float:
     """The served model's last training event (epoch seconds); +inf when unknown (replay nothing)."""
-    moment = parse_timestamp(served.manifest.get("data_end"), served.bundle.settings.timezone)
-    if moment is None:
+    data_end = served.data_end()
+    if data_end is None:
         log.warning("version %s has no readable data_end: earlier posts to other servers are not replayed",
                     served.version)
         return math.inf
-    return moment.timestamp()
+    return data_end
 
 
 # ---- reloads ------------------------------------------------------------------------------

@@ -81,10 +81,10 @@ def rules_data(seed: int = 0) -> TrainingData:
 
 def write_bundle(data: TrainingData, directory: Path, *, model: str = "hybrid",
                  params: dict[str, Any] | None = None, trained_at: str = "2026-11-16T02:00:00+00:00",
-                 metrics: dict[str, float] | None = None) -> Path:
+                 metrics: dict[str, float] | None = None, data_end: str = iso(T0 - DAY)) -> Path:
     """Fit ``model`` on ``data`` and save it as a bundle directory."""
     fitted = models.create(model, FAST_HYBRID if params is None and model == "hybrid" else params).fit(data)
-    manifest = {"trained_at": trained_at, "data_end": iso(T0 - DAY),
+    manifest = {"trained_at": trained_at, "data_end": data_end,
                 "metrics": metrics or {"ndcg@10": 0.25, "recall@20": 0.4}}
     return ModelBundle(fitted, data.catalog, data.users, data.weights, EngineSettings(), manifest).save(directory)
 

@@ -23,6 +23,7 @@ with warnings.catch_warnings():  # starlette's TestClient warns about its httpx 
 from recsys.bundle import ModelBundle
 from recsys.catalog import Catalog
 from recsys.home import EngineHome
+from recsys.settings import EngineSettings
 from serving.app import create_app
 from serving.config import ServingSettings
 from serving.live import LiveInteractions
@@ -317,6 +318,44 @@ def test_live_state_survives_a_reload(own_client, bundle_b):
     assert client.post("/v1/admin/reload", headers={"X-API-Key": ADMIN_KEY}).status_code == 200
     body = recommend(client, user, n=60, at=iso(T0))
     assert body["fallback"] is None and "i16" not in ids(body)
+
+
+def test_a_reload_drops_the_live_events_the_new_model_was_trained_on(own_client, tmp_path):
+    """Events up to the new model's data_end are in its history: counting them live again would
+    double the user's engagement at every reload; later events stay live."""
+    client, _, model_dir = own_client
+    live = client.app.state.services.live
+    user = "double-count-user"
+    posted = [{"user_id": user, "item_id": "i16", "action": "attend", "ts": T0},
+              {"user_id": user, "item_id": "i17", "action": "click", "ts": T0},
+              {"user_id": user, "item_id": "i17", "action": "reserve", "ts": T0 + 2 * DAY}]
+    assert client.post("/v1/interactions", json=posted).json()["accepted"] == 3
+    weights = EngineSettings()
+    assert live.of(user) == pytest.approx({"i16": weights.weight_of("attend"),
+                                           "i17": weights.weight_of("click") + weights.weight_of("reserve")})
+    later = write_bundle(rules_data(seed=1), tmp_path / "later", data_end=iso(T0 + DAY))
+    shutil.rmtree(model_dir)
+    shutil.copytree(later, model_dir)
+    assert client.post("/v1/admin/reload", headers={"X-API-Key": ADMIN_KEY}).status_code == 200
+    assert live.of(user) == pytest.approx({"i17": weights.weight_of("reserve")})
+    body = recommend(client, user, n=60, at=iso(T0 + 2 * DAY))
+    assert "i17" not in ids(body)  # still live: still excluded
+
+
+def test_live_events_expire_by_time():
+    live = LiveInteractions()
+    live.add("u", "a", 1.0, at=100.0)
+    live.add("u", "a", 2.0, at=300.0)
+    live.add("u", "b", 4.0, at=50.0)
+    live.add("v", "a", 8.0)  # no time: never trained on
+    assert live.expire_trained(200.0) == 1
+    assert live.of("u") == {"a": 2.0} and live.of("v") == {"a": 8.0}
+    assert live.expire_trained(400.0) == 1 and len(live) == 1
+    for at in range(40):  # many events of one item: merged, never lost
+        live.add("w", "x", 1.0, at=float(at))
+    assert live.of("w") == {"x": 40.0}
+    live.expire_trained(38.5)
+    assert 1.0 <= live.of("w")["x"] <= 40.0
 
 
 # ---- model lifecycle --------------------------------------------------------------------

@@ -64,9 +64,10 @@ def post_interactions(batch: Annotated[list[Any], Body()], served: ServedDep, sv
             log.exception("could not persist %d interactions", len(records))
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                                 detail="could not store the interactions; retry later") from exc
-    weight_of = served.bundle.settings.weight_of
+    settings = served.bundle.settings
     for row in accepted:
-        svc.live.add(row.user_id, row.item_id, weight_of(row.action, row.value))
+        svc.live.add(row.user_id, row.item_id, settings.weight_of(row.action, row.value),
+                     row.timestamp(settings.timezone).timestamp())
     svc.metrics.interactions.labels("accepted").inc(len(accepted))
     svc.metrics.interactions.labels("rejected").inc(len(rejected))
     return InteractionsAccepted(accepted=len(accepted), rejected=rejected)
