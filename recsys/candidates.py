@@ -31,11 +31,8 @@ computed, which sends them to the full path). Memory is 10 bytes x k per user: 4
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -133,73 +130,53 @@ class Candidates:
 
 
 def precompute_candidates(bundle: ModelBundle, k: int = DEFAULT_K, *, users: Sequence[int] | np.ndarray | None = None,
-                          should_stop: Callable[[], bool] | None = None, workers: int = 1) -> Candidates | None:
+                          should_stop: Callable[[], bool] | None = None) -> Candidates | None:
     """Score every user with history (or only ``users``) and keep their best ``k`` items.
 
     Excludes each user's history, hidden items and items the model cannot score; never
     time. Users without history, and users left out of ``users``, get an empty row that is
     not ``complete`` (the full path serves them). BLAS is pinned to one thread, as in the
     server, so every score is computed exactly as a request computes it; 1-1.5 ms per user
-    for a hybrid model over 20,000 items (a batched product would be faster but rounds
-    differently). ``workers`` threads score chunks of users side by side: each still makes
-    the one-row, one-BLAS-thread call, so the lists are the same for any number of workers
-    (models are read-only once fitted, as concurrent requests already rely on). Returns None
+    for a hybrid model over 20,000 items (batching users does not help: the dense per-item
+    terms dominate, and a batched product would round differently). Returns None
     if ``should_stop`` turns true before the end (checked between chunks of users).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
     n_users, n_items = bundle.weights.shape
     k = min(k, n_items) if n_items else 1
+    items = np.full((n_users, k), -1, dtype=np.int32)
+    scores = np.full((n_users, k), np.nan, dtype=np.float32)
     history_lengths = np.diff(bundle.weights.indptr)
     narrow = not len(history_lengths) or history_lengths.max() <= np.iinfo(np.int16).max
-    lists = Candidates(np.full((n_users, k), -1, dtype=np.int32), np.full((n_users, k), np.nan, dtype=np.float32),
-                       np.full((n_users, k), NO_ANCHOR, dtype=np.int16 if narrow else np.int32),
-                       np.zeros(n_users, dtype=bool))
+    anchors = np.full((n_users, k), NO_ANCHOR, dtype=np.int16 if narrow else np.int32)
+    complete = np.zeros(n_users, dtype=bool)
     has_history = history_lengths > 0
     rows = np.flatnonzero(has_history) if users is None else np.asarray(users, dtype=np.int64)
     rows = rows[has_history[rows]]
-    chunks = [rows[start:start + CHUNK_USERS] for start in range(0, len(rows), CHUNK_USERS)]
     visible = ~bundle.catalog.hidden
-
-    def fill(chunk: np.ndarray) -> None:
-        for row in chunk.tolist():  # rows are disjoint between chunks: no two threads write one
-            best, values, codes = _best_of(bundle, row, k, visible)
-            lists.items[row, : len(best)] = best
-            lists.scores[row, : len(best)] = values
-            lists.anchors[row, : len(best)] = codes
-            lists.complete[row] = len(best) < k
-
     started = time.perf_counter()
-    with single_threaded_blas(), ThreadPoolExecutor(max_workers=workers) as pool:
-        in_flight: deque[Future[None]] = deque()
-        for number, chunk in enumerate(chunks):
+    with single_threaded_blas():
+        for start in range(0, len(rows), CHUNK_USERS):
             if should_stop is not None and should_stop():
-                for future in in_flight:
-                    future.cancel()
-                log.info("candidate computation stopped after %d of %d chunks", number, len(chunks))
+                log.info("candidate computation stopped after %d of %d users", start, len(rows))
                 return None
-            in_flight.append(pool.submit(fill, chunk))
-            if len(in_flight) > workers:  # a bounded queue: a stop request is noticed within a chunk or two
-                in_flight.popleft().result()
-            if (number + 1) % 50 == 0:
-                log.info("candidates: %d of %d users (%.0fs)", min((number + 1) * CHUNK_USERS, len(rows)),
-                         len(rows), time.perf_counter() - started)
-        for future in in_flight:
-            future.result()
-    log.info("candidates for %d users (k=%d, %d workers) in %.1fs", len(rows), k, workers,
-             time.perf_counter() - started)
-    # rebuilt so the derived row lengths see the filled rows
-    return Candidates(lists.items, lists.scores, lists.anchors, lists.complete)
+            for row in rows[start:start + CHUNK_USERS].tolist():
+                best, values, codes = _best_of(bundle, row, k, visible)
+                items[row, : len(best)] = best
+                scores[row, : len(best)] = values
+                anchors[row, : len(best)] = codes
+                complete[row] = len(best) < k
+            if (start // CHUNK_USERS + 1) % 50 == 0:
+                log.info("candidates: %d of %d users (%.0fs)", start + CHUNK_USERS, len(rows),
+                         time.perf_counter() - started)
+    log.info("candidates for %d users (k=%d) in %.1fs", len(rows), k, time.perf_counter() - started)
+    return Candidates(items, scores, anchors, complete)
 
 
-def attach_candidates(bundle: ModelBundle, k: int = DEFAULT_K, workers: int | None = None) -> ModelBundle:
-    """Give ``bundle`` its candidate lists (saved with it); returns the bundle.
-
-    ``workers`` defaults to every core: this runs offline, after the fit has released them.
-    """
-    bundle.candidates = precompute_candidates(bundle, k, workers=workers or os.cpu_count() or 1)
+def attach_candidates(bundle: ModelBundle, k: int = DEFAULT_K) -> ModelBundle:
+    """Give ``bundle`` its candidate lists (saved with it); returns the bundle."""
+    bundle.candidates = precompute_candidates(bundle, k)
     return bundle
 
 

@@ -25,7 +25,6 @@ with warnings.catch_warnings():  # starlette's TestClient warns about its httpx 
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from recsys import candidates as candidates_module
 from recsys import models
 from recsys.bundle import BundleError, ModelBundle
 from recsys.candidates import FILE_NAME, Candidates, attach_candidates, precompute_candidates
@@ -156,16 +155,6 @@ def test_a_list_holding_everything_is_complete(bundle):
         showable = ~bundle.catalog.hidden
         showable[bundle.weights[user].indices] = False
         assert sorted(every.row(user)[0].tolist()) == np.flatnonzero(showable).tolist()
-
-
-def test_workers_change_nothing_but_speed(bundle, monkeypatch):
-    """Threads split the users; each score is still the one-row call, so the lists are identical."""
-    monkeypatch.setattr(candidates_module, "CHUNK_USERS", 16)  # many chunks for few users
-    threaded = precompute_candidates(bundle, k=K, workers=3)
-    for name in ("items", "scores", "anchors", "complete", "lengths"):
-        np.testing.assert_array_equal(getattr(threaded, name), getattr(bundle.candidates, name))
-    with pytest.raises(ValueError, match="workers"):
-        precompute_candidates(bundle, k=K, workers=0)
 
 
 def test_only_the_asked_users_and_stopping(bundle):
