@@ -13,6 +13,8 @@ store so that one ``collect_all`` at the edge of the job runs them together:
 
 Privacy: a cell resting on fewer than ``min_users`` distinct users carries no numbers (null
 values, ``suppressed = True``); a segment with fewer active users is suppressed whole. The
+age bands of a district are also protected against differencing with the district's own
+row (:func:`_protect_by_complement`: when one band is hidden, the next smallest are too). The
 grids are built from the distinct values of each column (regions x age bands, ...), never
 from who was active, so that even the presence of a row reveals nothing about people.
 Hidden items are excluded from everything.
@@ -271,20 +273,53 @@ def _ratio(numerator: str, denominator: str) -> pl.Expr:
 
 
 def _shares_and_lift(cells: pl.LazyFrame, min_users: int) -> pl.LazyFrame:
-    suppressed = (
-        (pl.col("active_users") < min_users)
+    segment_keys = ["segment_type", "period", *SEGMENT_KEYS]
+    segments = cells.select(*segment_keys, "active_users").unique(segment_keys).with_columns(
+        (pl.col("active_users") < min_users).alias("segment_hidden"))
+    segments = _protect_by_complement(segments, "active_users", "segment_hidden", min_users)
+    cells = cells.join(segments.select(*segment_keys, "segment_hidden"), on=segment_keys, how="left",
+                       nulls_equal=True)
+    primary = (
+        pl.col("segment_hidden")
         | (pl.col("engaged_users") < min_users)
         | (pl.col("city_engaged") < min_users)
     )
-    computed = cells.with_columns(
+    flagged = _protect_by_complement(cells.with_columns(primary.alias("suppressed")), "engaged_users",
+                                     "suppressed", min_users, by=["category"])
+    computed = flagged.drop("segment_hidden").with_columns(
         _ratio("engaged_users", "active_users").alias("share"),
         _ratio("city_engaged", "city_active").alias("city_share"),
-        suppressed.alias("suppressed"),
     ).with_columns((pl.col("share") / pl.col("city_share")).alias("lift"))
     numbers = ["active_users", "engaged_users", "share", "city_share", "lift"]
     return computed.with_columns(
         [pl.when(~pl.col("suppressed")).then(pl.col(n)).alias(n) for n in numbers]
     )
+
+
+def _protect_by_complement(frame: pl.LazyFrame, count: str, hidden: str, min_users: int,
+                           by: list[str] | None = None) -> pl.LazyFrame:
+    """Secondary suppression of the age bands of a district (the district's row is their total).
+
+    Suppressing one age band is not enough when the district's own row is published: its
+    count is the total minus the bands shown. So within each district (per period, and per
+    ``by`` columns), when the hidden bands hold anybody, the smallest published bands are
+    hidden too until at least two are hidden and they hold ``min_users`` or more together
+    (or none is left). Hidden bands that hold nobody reveal nobody and need no company.
+    Rows of other segment types pass through unchanged.
+    """
+    groups = ["period", "region_code", *(by or [])]
+    bands = frame.filter(pl.col("segment_type") == "region_age").sort(
+        [*groups, count, "age_band"], nulls_last=True)
+    shown = ~pl.col(hidden)
+    hidden_bands = pl.col(hidden).sum().over(groups)
+    hidden_users = pl.when(pl.col(hidden)).then(pl.col(count)).otherwise(0).sum().over(groups)
+    shown_users = pl.when(shown).then(pl.col(count)).otherwise(0)
+    shown_before = shown_users.cum_sum().over(groups) - shown_users  # smaller shown bands, in sort order
+    rank = shown.cast(pl.Int64).cum_sum().over(groups) - 1
+    needed = shown & (hidden_users > 0) & (
+        (hidden_bands + rank < 2) | (hidden_users + shown_before < min_users))
+    protected = bands.with_columns((pl.col(hidden) | needed).alias(hidden))
+    return pl.concat([frame.filter(pl.col("segment_type") != "region_age"), protected], how="vertical")
 
 
 def preferences(cells: pl.LazyFrame) -> pl.LazyFrame:

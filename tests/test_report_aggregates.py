@@ -211,6 +211,50 @@ def test_raising_min_users_suppresses_more() -> None:
     assert strict.top_items.filter(pl.col("region_code") == A).height == 0
 
 
+def run_with_young_users(young: dict[str, list[str]]) -> ReportTables:
+    """The tiny table plus district-A users aged 18-29, each engaging with the given items now."""
+    users = pl.concat([tiny_users(), pl.DataFrame(
+        [dict(user_id=u, region_code=A, age_band="18-29", area_type="urban", registered_at=None) for u in young],
+        schema=schemas.USERS)])
+    extra = pl.DataFrame([_ev(u, item, "view", "2026-10-29T12:00:00") for u, items in young.items() for item in items],
+                         schema=schemas.INTERACTIONS)
+    return plan_report(pl.concat([tiny_interactions(), extra]).lazy(), users.lazy(), tiny_items().lazy(),
+                       window_days=7, min_users=2, at=AT).collect()
+
+
+def bands_of_a(tables: ReportTables, category: str) -> dict[str, dict]:
+    rows = tables.preferences.filter((pl.col("segment_type") == "region_age") & (pl.col("region_code") == A)
+                                     & (pl.col("category") == category))
+    return {row["age_band"]: row for row in rows.to_dicts()}
+
+
+def test_a_hidden_age_band_cannot_be_recovered_from_the_district_total() -> None:
+    # One young user in A: the 18-29 band (1 active) is hidden, and so is 60+, or A's total
+    # (5 active) minus 60+ (4) would give it away. A's own row stays published.
+    tables = run_with_young_users({"u9": ["opA"]})
+    for category in ("opera", "film"):
+        bands = bands_of_a(tables, category)
+        assert bands["18-29"]["suppressed"] and bands["60+"]["suppressed"], category
+        assert bands["60+"]["active_users"] is None
+    opera_a = cell(tables.preferences, segment_type="region", region_code=A, category="opera")
+    assert (opera_a["suppressed"], opera_a["active_users"], opera_a["engaged_users"]) == (False, 5, 3)
+    # The same differencing inside one category: three young users (a published band), only
+    # one of them at the opera. Opera 18-29 (1) is hidden, so opera 60+ (2) must be too; film,
+    # where both bands are large enough, keeps its numbers.
+    tables = run_with_young_users({"u9": ["opA"], "u10": ["fiA"], "u11": ["fiA"]})
+    opera, film = bands_of_a(tables, "opera"), bands_of_a(tables, "film")
+    assert opera["18-29"]["suppressed"] and opera["60+"]["suppressed"]
+    assert not film["18-29"]["suppressed"] and not film["60+"]["suppressed"]
+    assert (film["18-29"]["engaged_users"], film["60+"]["engaged_users"]) == (2, 3)
+
+
+def test_an_empty_hidden_band_reveals_nobody_and_hides_nothing_else(tables: ReportTables) -> None:
+    # A x 18-29 holds nobody: A x 60+ keeps its numbers although A's total equals them.
+    bands = bands_of_a(tables, "opera")
+    assert bands["18-29"]["suppressed"] and not bands["60+"]["suppressed"]
+    assert bands["60+"]["engaged_users"] == 2
+
+
 def test_top_items_rank_by_distinct_users(tables: ReportTables) -> None:
     # A: fiA engaged by u2, u3, u4 (3 users), opA by u1, u2 (2). B: fiB by u5, u6, u7; opA by u5
     # alone is below min_users=2 and not listed.
