@@ -12,9 +12,13 @@ store so that one ``collect_all`` at the edge of the job runs them together:
   in percentage points.
 
 Privacy: a cell resting on fewer than ``min_users`` distinct users carries no numbers (null
-values, ``suppressed = True``); a segment with fewer active users is suppressed whole. The
-age bands of a district are also protected against differencing with the district's own
-row (:func:`_protect_by_complement`: when one band is hidden, the next smallest are too). The
+values, ``suppressed = True``); a segment with fewer active users is suppressed whole.
+Category cells that add up to a published total (the districts' and the area x age
+segments' to the city's, a district's age bands' to the district's) are protected against
+differencing (:func:`_protect_by_complement`: when one is hidden, the next smallest are
+too), and the supply-demand table hides the demand side of exactly the district cells the
+preference table hides. Not protected: a small segment's head count of active users (its
+siblings' and the total's give it), and the top-items table's per-item user counts. The
 grids are built from the distinct values of each column (regions x age bands, ...), never
 from who was active, so that even the presence of a row reveals nothing about people.
 Hidden items are excluded from everything.
@@ -118,11 +122,12 @@ def plan_report(
     users = users.unique(subset="user_id", keep="any")
     bounds = window_bounds(interactions, window_days=window_days, at=at)
     events = window_events(interactions, users, items, bounds, settings)
-    cells = segment_cells(events, users, items, min_users=min_users)
+    cells = segment_cells(events, users, items, min_users=min_users).cache()
+    districts_now = cells.filter((pl.col("segment_type") == "region") & (pl.col("period") == NOW))
     return ReportPlan(
         bounds=bounds,
         preferences=preferences(cells),
-        supply_demand=supply_demand(events, users, items, bounds, min_users=min_users),
+        supply_demand=supply_demand(events, users, items, bounds, min_users=min_users, hidden_cells=districts_now),
         trends=trends(cells),
         top_items=top_items(events, items, min_users=min_users, limit=top_items_per_region),
         city=city_shares(events, items, min_users=min_users),
@@ -273,20 +278,17 @@ def _ratio(numerator: str, denominator: str) -> pl.Expr:
 
 
 def _shares_and_lift(cells: pl.LazyFrame, min_users: int) -> pl.LazyFrame:
-    segment_keys = ["segment_type", "period", *SEGMENT_KEYS]
-    segments = cells.select(*segment_keys, "active_users").unique(segment_keys).with_columns(
-        (pl.col("active_users") < min_users).alias("segment_hidden"))
-    segments = _protect_by_complement(segments, "active_users", "segment_hidden", min_users)
-    cells = cells.join(segments.select(*segment_keys, "segment_hidden"), on=segment_keys, how="left",
-                       nulls_equal=True)
     primary = (
-        pl.col("segment_hidden")
+        (pl.col("active_users") < min_users)
         | (pl.col("engaged_users") < min_users)
         | (pl.col("city_engaged") < min_users)
     )
+    # Only what people did (engaged users per category) is protected against differencing;
+    # the active-user count of a small segment stays derivable from its siblings (a head
+    # count by place and age, not behaviour), which keeps small districts' other cells shown.
     flagged = _protect_by_complement(cells.with_columns(primary.alias("suppressed")), "engaged_users",
                                      "suppressed", min_users, by=["category"])
-    computed = flagged.drop("segment_hidden").with_columns(
+    computed = flagged.with_columns(
         _ratio("engaged_users", "active_users").alias("share"),
         _ratio("city_engaged", "city_active").alias("city_share"),
     ).with_columns((pl.col("share") / pl.col("city_share")).alias("lift"))
@@ -298,28 +300,31 @@ def _shares_and_lift(cells: pl.LazyFrame, min_users: int) -> pl.LazyFrame:
 
 def _protect_by_complement(frame: pl.LazyFrame, count: str, hidden: str, min_users: int,
                            by: list[str] | None = None) -> pl.LazyFrame:
-    """Secondary suppression of the age bands of a district (the district's row is their total).
+    """Secondary suppression: hidden rows cannot be recovered by subtracting shown ones from a total.
 
-    Suppressing one age band is not enough when the district's own row is published: its
-    count is the total minus the bands shown. So within each district (per period, and per
-    ``by`` columns), when the hidden bands hold anybody, the smallest published bands are
-    hidden too until at least two are hidden and they hold ``min_users`` or more together
-    (or none is left). Hidden bands that hold nobody reveal nobody and need no company.
-    Rows of other segment types pass through unchanged.
+    The rows of one segment type add up to a published total: the districts and the area x
+    age segments to the city's row (:func:`city_shares`), a district's age bands to the
+    district's row. Hiding one of them is not enough, or the total minus the others gives it
+    away. So within each such group (per period, and per ``by`` columns), when the hidden rows
+    hold anybody, the smallest shown rows are hidden too until at least two are hidden and
+    they hold ``min_users`` or more together (or none is left). Hidden rows that hold nobody
+    reveal nobody and need no company.
     """
-    groups = ["period", "region_code", *(by or [])]
-    bands = frame.filter(pl.col("segment_type") == "region_age").sort(
-        [*groups, count, "age_band"], nulls_last=True)
+    parent = pl.when(pl.col("segment_type") == "region_age").then(pl.col("region_code")).otherwise(pl.lit(""))
+    groups = ["segment_type", "period", "_total", *(by or [])]
     shown = ~pl.col(hidden)
-    hidden_bands = pl.col(hidden).sum().over(groups)
+    hidden_rows = pl.col(hidden).sum().over(groups)
     hidden_users = pl.when(pl.col(hidden)).then(pl.col(count)).otherwise(0).sum().over(groups)
     shown_users = pl.when(shown).then(pl.col(count)).otherwise(0)
-    shown_before = shown_users.cum_sum().over(groups) - shown_users  # smaller shown bands, in sort order
+    shown_before = shown_users.cum_sum().over(groups) - shown_users  # smaller shown rows, in sort order
     rank = shown.cast(pl.Int64).cum_sum().over(groups) - 1
-    needed = shown & (hidden_users > 0) & (
-        (hidden_bands + rank < 2) | (hidden_users + shown_before < min_users))
-    protected = bands.with_columns((pl.col(hidden) | needed).alias(hidden))
-    return pl.concat([frame.filter(pl.col("segment_type") != "region_age"), protected], how="vertical")
+    needed = shown & (hidden_users > 0) & ((hidden_rows + rank < 2) | (hidden_users + shown_before < min_users))
+    return (
+        frame.with_columns(parent.alias("_total"))
+        .sort([*groups, count, *SEGMENT_KEYS], nulls_last=True)
+        .with_columns((pl.col(hidden) | needed).alias(hidden))
+        .drop("_total")
+    )
 
 
 def preferences(cells: pl.LazyFrame) -> pl.LazyFrame:
@@ -373,11 +378,15 @@ def supply_demand(
     bounds: pl.LazyFrame,
     *,
     min_users: int,
+    hidden_cells: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
     """Demand share vs supply share per region x category (columns :data:`SUPPLY_DEMAND_COLUMNS`).
 
     Supply counts describe the catalog, not people, so they stay visible when the demand
     side of a cell is suppressed; demand share, gap, status and demand users do not.
+    ``hidden_cells`` (region_code, category, suppressed) are the preference table's current
+    district cells, which count the same people: a cell hidden there, also to protect a
+    neighbour (:func:`_protect_by_complement`), is hidden here too.
     """
     local = events.filter((pl.col("period") == NOW) & pl.col("region_code").is_not_null())
     demand = local.group_by("region_code", "category").agg(
@@ -411,6 +420,10 @@ def supply_demand(
         .with_columns((pl.col("demand_share") - pl.col("supply_share")).alias("gap"), _status())
     )
     suppressed = (pl.col("region_users") < min_users) | (pl.col("demand_users") < min_users)
+    if hidden_cells is not None:
+        flags = hidden_cells.select("region_code", "category", pl.col("suppressed").alias("hidden_there"))
+        cells = cells.join(flags, on=["region_code", "category"], how="left")
+        suppressed = suppressed | pl.col("hidden_there").fill_null(False)
     hidden = ["demand_share", "gap", "status", "demand_users"]
     return (
         cells.with_columns(suppressed.alias("suppressed"))

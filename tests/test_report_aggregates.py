@@ -108,6 +108,12 @@ def tables() -> ReportTables:
     return run()
 
 
+@pytest.fixture(scope="module")
+def arithmetic() -> ReportTables:
+    """The numbers with nothing suppressed (min_users = 1), for the checks by hand."""
+    return run(min_users=1)
+
+
 def test_window_bounds(tables: ReportTables) -> None:
     bounds = tables.bounds.row(0, named=True)
     assert bounds["window_end"] == AT
@@ -122,8 +128,8 @@ def test_window_end_defaults_to_latest_interaction() -> None:
     assert default.preferences.equals(run(at=AT).preferences)
 
 
-def test_share_and_lift_by_hand(tables: ReportTables) -> None:
-    prefs = tables.preferences
+def test_share_and_lift_by_hand(arithmetic: ReportTables) -> None:
+    prefs = arithmetic.preferences
     # City now: active u1..u7 = 7. Opera: u1, u2, u5 = 3 (u4's hidden opera view does not count)
     # -> 3/7. Film: u2, u3, u4 (fiA) and u5, u6, u7 (fiB) = 6 -> 6/7.
     opera_a = cell(prefs, segment_type="region", region_code=A, category="opera")
@@ -147,8 +153,8 @@ def test_share_and_lift_by_hand(tables: ReportTables) -> None:
     assert same["share"] == area["share"] == pytest.approx(0.5)
 
 
-def test_supply_demand_gap_and_status_by_hand(tables: ReportTables) -> None:
-    sd = tables.supply_demand
+def test_supply_demand_gap_and_status_by_hand(arithmetic: ReportTables) -> None:
+    sd = arithmetic.supply_demand
     # Demand of A: opera 8 (u1 attend) + 1 (u2 view) = 9; film 1 + 1 + 5 = 7; total 16.
     # Supply of A: live opera items: opA (standing) = 1; live film items: fiA and fiA3 = 2
     # (fiA2 ended 10-20, before the window opened 10-24; hidA is hidden); total 3.
@@ -212,11 +218,13 @@ def test_raising_min_users_suppresses_more() -> None:
 
 
 def run_with_young_users(young: dict[str, list[str]]) -> ReportTables:
-    """The tiny table plus district-A users aged 18-29, each engaging with the given items now."""
+    """The tiny table plus district-A users aged 18-29, each engaging with the given items now
+    (and u6 at the opera, so that B's opera cell is shown and the districts stay out of it)."""
     users = pl.concat([tiny_users(), pl.DataFrame(
         [dict(user_id=u, region_code=A, age_band="18-29", area_type="urban", registered_at=None) for u in young],
         schema=schemas.USERS)])
-    extra = pl.DataFrame([_ev(u, item, "view", "2026-10-29T12:00:00") for u, items in young.items() for item in items],
+    events = [(u, item) for u, items in young.items() for item in items] + [("u6", "opA")]  # B: 2 at the opera
+    extra = pl.DataFrame([_ev(u, item, "view", "2026-10-29T12:00:00") for u, item in events],
                          schema=schemas.INTERACTIONS)
     return plan_report(pl.concat([tiny_interactions(), extra]).lazy(), users.lazy(), tiny_items().lazy(),
                        window_days=7, min_users=2, at=AT).collect()
@@ -228,14 +236,32 @@ def bands_of_a(tables: ReportTables, category: str) -> dict[str, dict]:
     return {row["age_band"]: row for row in rows.to_dicts()}
 
 
+def test_a_hidden_district_cannot_be_recovered_from_the_city_total(tables: ReportTables) -> None:
+    # Opera in B rests on u5 alone: hidden. The city row shows 3 opera users, so showing A's 2
+    # would give B's 1 away: A's opera cell is hidden too, here and in the supply-demand table.
+    assert cell(tables.city, period="now", category="opera")["engaged_users"] == 3
+    for region in (A, B):
+        prefs = cell(tables.preferences, segment_type="region", region_code=region, category="opera")
+        assert prefs["suppressed"] and prefs["engaged_users"] is None, region
+        demand = cell(tables.supply_demand, region_code=region, category="opera")
+        assert demand["suppressed"] and demand["demand_users"] is None and demand["supply_items"] is not None
+    # Film rests on 3 users in each district: both shown.
+    film = tables.preferences.filter((pl.col("segment_type") == "region") & (pl.col("category") == "film"))
+    assert film["engaged_users"].to_list() == [3, 3]
+    # The same rule over the area x age segments, whose total is the city's too.
+    rural = cell(tables.preferences, segment_type="area_age", area_type="rural", age_band="18-29", category="opera")
+    urban = cell(tables.preferences, segment_type="area_age", area_type="urban", age_band="60+", category="opera")
+    assert rural["suppressed"] and urban["suppressed"]
+
+
 def test_a_hidden_age_band_cannot_be_recovered_from_the_district_total() -> None:
-    # One young user in A: the 18-29 band (1 active) is hidden, and so is 60+, or A's total
-    # (5 active) minus 60+ (4) would give it away. A's own row stays published.
+    # One young user in A, at the opera: the 18-29 band (1 active) is hidden, and so is the
+    # 60+ opera cell, or A's opera total (3) minus 60+ (2) would give the young one away. Film,
+    # where the hidden band holds nobody, keeps its 60+ numbers; A's own row stays published.
     tables = run_with_young_users({"u9": ["opA"]})
-    for category in ("opera", "film"):
-        bands = bands_of_a(tables, category)
-        assert bands["18-29"]["suppressed"] and bands["60+"]["suppressed"], category
-        assert bands["60+"]["active_users"] is None
+    opera, film = bands_of_a(tables, "opera"), bands_of_a(tables, "film")
+    assert opera["18-29"]["suppressed"] and opera["60+"]["suppressed"] and opera["60+"]["engaged_users"] is None
+    assert film["18-29"]["suppressed"] and not film["60+"]["suppressed"] and film["60+"]["engaged_users"] == 3
     opera_a = cell(tables.preferences, segment_type="region", region_code=A, category="opera")
     assert (opera_a["suppressed"], opera_a["active_users"], opera_a["engaged_users"]) == (False, 5, 3)
     # The same differencing inside one category: three young users (a published band), only
@@ -264,7 +290,7 @@ def test_top_items_rank_by_distinct_users(tables: ReportTables) -> None:
 
 def test_duplicates_count_once() -> None:
     doubled = pl.concat([tiny_interactions(), tiny_interactions()])
-    again = run(interactions=doubled)
+    again = run(min_users=1, interactions=doubled)
     opera = cell(again.supply_demand, region_code=A, category="opera")
     assert opera["demand_share"] == pytest.approx(9 / 16)
 
@@ -299,3 +325,24 @@ def test_published_numbers_always_rest_on_enough_users(log: pl.DataFrame, min_us
     assert (per_region["demand_share"] <= 1.0 + 1e-9).all()
     trends = result.trends.filter(pl.col("suppressed"))
     assert trends["change_pp"].null_count() == trends.height
+
+
+@settings(max_examples=40, deadline=None)
+@given(random_log(), st.integers(2, 4))
+def test_no_hidden_district_cell_can_be_recovered_from_the_city_total(log: pl.DataFrame, min_users: int) -> None:
+    """Against the true counts (nothing suppressed): wherever the city's row is shown and a hidden
+    district cell holds anybody, at least two are hidden, holding min_users together or being all."""
+    truth = run(min_users=1, interactions=log).preferences.filter(pl.col("segment_type") == "region")
+    result = run(min_users=min_users, interactions=log)
+    published = result.preferences.filter(pl.col("segment_type") == "region")
+    city = result.city.filter(pl.col("period") == "now")
+    cells = published.select("region_code", "category", "suppressed").join(
+        truth.select("region_code", "category", "engaged_users"), on=["region_code", "category"])
+    for category, group in cells.group_by("category"):
+        if cell(city, category=category[0])["suppressed"]:
+            continue
+        hidden = group.filter(pl.col("suppressed"))
+        if hidden["engaged_users"].sum() == 0:
+            continue
+        assert hidden.height >= 2, group
+        assert hidden["engaged_users"].sum() >= min_users or hidden.height == group.height, group
