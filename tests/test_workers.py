@@ -14,6 +14,7 @@ what was posted before.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from serving.config import ServingSettings
 from serving.erasure import ErasedUsers
 from serving.live import LiveInteractions
 from serving.segments import SegmentWriter
+from serving.state import ServedModel
 from serving.tail import PeerInteractions, ReloadRequests, SegmentTail, parse_line, source_key
 from tests.serving_fixtures import ROOT, demo_data, free_port, register_version, write_bundle
 from training import registry
@@ -138,7 +140,9 @@ def test_tail_hands_over_every_complete_line_once_in_order(tmp_path_factory, wri
 # ---- folding the others' posts into live state --------------------------------------------
 def served_stub(data_end: str | None) -> SimpleNamespace:
     manifest = {"data_end": data_end} if data_end else {}
-    return SimpleNamespace(bundle=SimpleNamespace(settings=EngineSettings()), manifest=manifest, version="1")
+    stub = SimpleNamespace(bundle=SimpleNamespace(settings=EngineSettings()), manifest=manifest, version="1")
+    stub.data_end = functools.partial(ServedModel.data_end, stub)  # the real reading of the manifest
+    return stub
 
 
 def test_first_look_replays_only_posts_after_data_end_and_never_erased_users(tmp_path):
