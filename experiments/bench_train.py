@@ -20,8 +20,8 @@ bare fit of ``iterations + refit_iterations`` iterations on the full matrix (the
 is a little smaller, so this reference slightly overstates the job's ALS work); the ratio
 job / reference is the cost of everything the job does besides ALS. The target is <= 1.3.
 The job's "save bundle" step also precomputes every user's serving candidates (each user
-scored one at a time, :mod:`recsys.candidates`); that serving work is reported separately,
-with the ratio it leaves when taken out.
+scored one at a time, by one process per core, :mod:`recsys.candidates`); that serving
+work is reported separately, with the ratio it leaves when taken out.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def render(result: dict[str, Any]) -> str:
         f"{result['ratio_equal_work']:.2f}x ({verdict} the {TARGET_RATIO}x target).",
         f"Against a single fit (b) alone the job takes {result['ratio_fit_only']:.2f}x.",
         f"Of (a), {result['serving_precompute_seconds']:.1f} s is '{SERVING_STEP}', which precomputes every user's "
-        "serving candidates one user at a time;",
+        "serving candidates (one user at a time, one process per core);",
         f"without that serving work the job is {result['ratio_equal_work_without_serving_precompute']:.2f}x (b').",
         f"The job's NDCG@10 on its 7-day test window: {result['ndcg@10']}",
     ])

@@ -26,13 +26,21 @@ for histories over 32,767 items) and ``complete`` bool per user (the list holds 
 the user could be shown, so nothing lies beyond it; False for a user whose list was never
 computed, which sends them to the full path). Memory is 10 bytes x k per user: 400 MB for
 200,000 users at k = 200.
+
+A training job computes them after saving the bundle (:func:`save_with_candidates`): for a
+large bundle, several processes each load the saved bundle and score a share of the users,
+with the same calls, so the lists do not depend on how many took part.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +64,11 @@ them after a large share of the catalog has ended or been filtered out."""
 FILE_NAME = "candidates.npz"
 CHUNK_USERS = 512
 """Users per unit of work (progress is logged and cancellation checked between chunks)."""
+PARALLEL_MIN_USERS = 20_000
+"""Below this many users a training job scores them in its own process (starting workers costs
+a few seconds: each imports the engine and loads the bundle)."""
+MAX_WORKERS = 8
+"""Processes at most: each holds its own copy of the bundle."""
 
 
 class CandidatesError(ValueError):
@@ -141,43 +154,149 @@ def precompute_candidates(bundle: ModelBundle, k: int = DEFAULT_K, *, users: Seq
     terms dominate, and a batched product would round differently). Returns None
     if ``should_stop`` turns true before the end (checked between chunks of users).
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    n_users, n_items = bundle.weights.shape
-    k = min(k, n_items) if n_items else 1
-    items = np.full((n_users, k), -1, dtype=np.int32)
-    scores = np.full((n_users, k), np.nan, dtype=np.float32)
-    history_lengths = np.diff(bundle.weights.indptr)
-    narrow = not len(history_lengths) or history_lengths.max() <= np.iinfo(np.int16).max
-    anchors = np.full((n_users, k), NO_ANCHOR, dtype=np.int16 if narrow else np.int32)
-    complete = np.zeros(n_users, dtype=bool)
-    has_history = history_lengths > 0
-    rows = np.flatnonzero(has_history) if users is None else np.asarray(users, dtype=np.int64)
-    rows = rows[has_history[rows]]
-    visible = ~bundle.catalog.hidden
+    lists = _empty_lists(bundle, k)
+    rows = _rows_to_score(bundle, users)
     started = time.perf_counter()
     with single_threaded_blas():
         for start in range(0, len(rows), CHUNK_USERS):
             if should_stop is not None and should_stop():
                 log.info("candidate computation stopped after %d of %d users", start, len(rows))
                 return None
-            for row in rows[start:start + CHUNK_USERS].tolist():
-                best, values, codes = _best_of(bundle, row, k, visible)
-                items[row, : len(best)] = best
-                scores[row, : len(best)] = values
-                anchors[row, : len(best)] = codes
-                complete[row] = len(best) < k
+            _store(lists, _score_rows(bundle, rows[start:start + CHUNK_USERS], lists.k))
             if (start // CHUNK_USERS + 1) % 50 == 0:
                 log.info("candidates: %d of %d users (%.0fs)", start + CHUNK_USERS, len(rows),
                          time.perf_counter() - started)
-    log.info("candidates for %d users (k=%d) in %.1fs", len(rows), k, time.perf_counter() - started)
-    return Candidates(items, scores, anchors, complete)
+    log.info("candidates for %d users (k=%d) in %.1fs", len(rows), lists.k, time.perf_counter() - started)
+    return _finished(lists)
 
 
 def attach_candidates(bundle: ModelBundle, k: int = DEFAULT_K) -> ModelBundle:
     """Give ``bundle`` its candidate lists (saved with it); returns the bundle."""
     bundle.candidates = precompute_candidates(bundle, k)
     return bundle
+
+
+def save_with_candidates(bundle: ModelBundle, directory: Path, k: int = DEFAULT_K,
+                         workers: int | None = None) -> Path:
+    """Save ``bundle`` to ``directory``, then compute its candidate lists and save them with it.
+
+    With ``PARALLEL_MIN_USERS`` users or more and more than one core, ``workers`` processes
+    (default: the cores, at most ``MAX_WORKERS``) each load the saved bundle and score a
+    share of the users; each score is the same one-row, one-BLAS-thread call, so the lists
+    are identical to :func:`precompute_candidates`' (asserted in the tests). Processes, not
+    threads: the per-user work is many small numpy calls that would hold the GIL.
+    """
+    path = bundle.save(directory)
+    rows = _rows_to_score(bundle, None)
+    workers = min(workers or os.cpu_count() or 1, MAX_WORKERS)
+    bundle.candidates = None
+    if workers > 1 and len(rows) >= PARALLEL_MIN_USERS:
+        try:
+            bundle.candidates = precompute_in_processes(bundle, path, rows, k, workers)
+        except (BrokenProcessPool, OSError) as exc:  # e.g. a worker killed for memory: do it here instead
+            log.warning("candidate worker processes failed (%s); scoring in this process", exc)
+    if bundle.candidates is None:
+        bundle.candidates = precompute_candidates(bundle, k)
+    if bundle.candidates is not None:
+        bundle.candidates.save(path / FILE_NAME)
+    return path
+
+
+def precompute_in_processes(bundle: ModelBundle, directory: Path, rows: np.ndarray, k: int,
+                            workers: int) -> Candidates:
+    """:func:`precompute_candidates` for ``rows`` by ``workers`` processes reading the bundle saved
+    at ``directory`` (``bundle`` is that bundle, in this process)."""
+    lists = _empty_lists(bundle, k)
+    chunks = [rows[start:start + CHUNK_USERS] for start in range(0, len(rows), CHUNK_USERS)]
+    started = time.perf_counter()
+    # spawn, not fork: the parent runs threads (BLAS, logging handlers, MLflow) a fork could catch mid-lock
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_load_worker_bundle,
+                             initargs=(str(directory),)) as pool:
+        for done, scored in enumerate(pool.map(_score_in_worker, chunks, [lists.k] * len(chunks)), start=1):
+            _store(lists, scored)
+            if done % 50 == 0:
+                log.info("candidates: %d of %d users (%.0fs, %d processes)", min(done * CHUNK_USERS, len(rows)),
+                         len(rows), time.perf_counter() - started, workers)
+    log.info("candidates for %d users (k=%d) in %.1fs by %d processes", len(rows), lists.k,
+             time.perf_counter() - started, workers)
+    return _finished(lists)
+
+
+# ---- the pieces both paths share ---------------------------------------------------------
+@dataclass(frozen=True)
+class _Scored:
+    """One chunk's lists: ``rows`` and, per row, its items, scores and anchors (padded to k)."""
+
+    rows: np.ndarray
+    items: np.ndarray
+    scores: np.ndarray
+    anchors: np.ndarray
+    lengths: np.ndarray
+
+
+def _empty_lists(bundle: ModelBundle, k: int) -> Candidates:
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n_users, n_items = bundle.weights.shape
+    k = min(k, n_items) if n_items else 1
+    history_lengths = np.diff(bundle.weights.indptr)
+    narrow = not len(history_lengths) or history_lengths.max() <= np.iinfo(np.int16).max
+    return Candidates(np.full((n_users, k), -1, dtype=np.int32), np.full((n_users, k), np.nan, dtype=np.float32),
+                      np.full((n_users, k), NO_ANCHOR, dtype=np.int16 if narrow else np.int32),
+                      np.zeros(n_users, dtype=bool))
+
+
+def _rows_to_score(bundle: ModelBundle, users: Sequence[int] | np.ndarray | None) -> np.ndarray:
+    """The asked users (default: all) that have a history."""
+    has_history = np.diff(bundle.weights.indptr) > 0
+    rows = np.flatnonzero(has_history) if users is None else np.asarray(users, dtype=np.int64)
+    return rows[has_history[rows]]
+
+
+def _score_rows(bundle: ModelBundle, rows: np.ndarray, k: int) -> _Scored:
+    visible = ~bundle.catalog.hidden
+    items = np.full((len(rows), k), -1, dtype=np.int32)
+    scores = np.full((len(rows), k), np.nan, dtype=np.float32)
+    anchors = np.full((len(rows), k), NO_ANCHOR, dtype=np.int32)
+    lengths = np.zeros(len(rows), dtype=np.int32)
+    for position, row in enumerate(rows.tolist()):
+        best, values, codes = _best_of(bundle, row, k, visible)
+        items[position, : len(best)] = best
+        scores[position, : len(best)] = values
+        anchors[position, : len(best)] = codes
+        lengths[position] = len(best)
+    return _Scored(rows, items, scores, anchors, lengths)
+
+
+def _store(lists: Candidates, scored: _Scored) -> None:
+    lists.items[scored.rows] = scored.items
+    lists.scores[scored.rows] = scored.scores
+    lists.anchors[scored.rows] = scored.anchors.astype(lists.anchors.dtype)
+    lists.complete[scored.rows] = scored.lengths < lists.k
+
+
+def _finished(lists: Candidates) -> Candidates:
+    """The filled lists (built again: the row lengths are derived at construction)."""
+    return Candidates(lists.items, lists.scores, lists.anchors, lists.complete)
+
+
+_WORKER_BUNDLE: ModelBundle | None = None
+"""The bundle a worker process of :func:`precompute_in_processes` scores (loaded once)."""
+
+
+def _load_worker_bundle(directory: str) -> None:
+    from recsys.bundle import ModelBundle  # the bundle module imports this one
+
+    global _WORKER_BUNDLE
+    _WORKER_BUNDLE = ModelBundle.load(Path(directory))
+
+
+def _score_in_worker(rows: np.ndarray, k: int) -> _Scored:
+    if _WORKER_BUNDLE is None:  # pragma: no cover - the pool's initializer always ran
+        raise RuntimeError("the worker has no bundle")
+    with single_threaded_blas():
+        return _score_rows(_WORKER_BUNDLE, rows, k)
 
 
 def _best_of(bundle: ModelBundle, row: int, k: int,

@@ -27,7 +27,14 @@ with warnings.catch_warnings():  # starlette's TestClient warns about its httpx 
 
 from recsys import models
 from recsys.bundle import BundleError, ModelBundle
-from recsys.candidates import FILE_NAME, Candidates, attach_candidates, precompute_candidates
+from recsys.candidates import (
+    FILE_NAME,
+    Candidates,
+    attach_candidates,
+    precompute_candidates,
+    precompute_in_processes,
+    save_with_candidates,
+)
 from recsys.confidence import to_confidence
 from recsys.delivery import DeliveryEngine, Filters, UserContext
 from recsys.reasons import ANCHOR_SIMILARITY, NO_ANCHOR, NO_NOTION, anchor_codes
@@ -155,6 +162,23 @@ def test_a_list_holding_everything_is_complete(bundle):
         showable = ~bundle.catalog.hidden
         showable[bundle.weights[user].indices] = False
         assert sorted(every.row(user)[0].tolist()) == np.flatnonzero(showable).tolist()
+
+
+def test_worker_processes_compute_the_same_lists(bundle, tmp_path):
+    """Spawned processes load the saved bundle and score shares of the users: identical lists."""
+    directory = bundle.save(tmp_path / "b")
+    rows = np.flatnonzero(np.diff(bundle.weights.indptr) > 0)
+    parallel = precompute_in_processes(bundle, directory, rows, K, workers=2)
+    for name in ("items", "scores", "anchors", "complete", "lengths"):
+        np.testing.assert_array_equal(getattr(parallel, name), getattr(bundle.candidates, name))
+
+
+def test_saving_with_candidates_writes_them_into_the_bundle(bundle, tmp_path):
+    plain = ModelBundle(bundle.model, bundle.catalog, bundle.users, bundle.weights, bundle.settings, bundle.manifest)
+    path = save_with_candidates(plain, tmp_path / "b", k=K)
+    loaded = ModelBundle.load(path)
+    np.testing.assert_array_equal(loaded.candidates.items, bundle.candidates.items)
+    np.testing.assert_array_equal(loaded.candidates.scores, bundle.candidates.scores)
 
 
 def test_only_the_asked_users_and_stopping(bundle):

@@ -25,7 +25,7 @@ from features.ingest import ingest
 from recsys import models
 from recsys.ann import build_for as build_ann_index
 from recsys.bundle import ModelBundle
-from recsys.candidates import attach_candidates
+from recsys.candidates import save_with_candidates
 from recsys.home import EngineHome
 from recsys.models.base import Recommender
 from training import gate, registry
@@ -249,7 +249,7 @@ def _save_bundle(model, data: Dataset, cfg: TrainConfig, metrics: dict[str, floa
     }
     bundle = ModelBundle(model, data.full.catalog, data.full.users, data.full.weights, cfg.engine, manifest)
     bundle.ann = build_ann_index(model, len(bundle.catalog), cfg.engine.ann)  # None below ann.min_items items
-    return attach_candidates(bundle).save(directory / "bundle")  # the server's per-user fast path
+    return save_with_candidates(bundle, directory / "bundle")  # with the server's per-user fast path
 
 
 def _report(home: EngineHome, run_id: str) -> str | None:
