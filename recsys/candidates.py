@@ -20,12 +20,14 @@ history item the reason names, if any), since that too depends only on the histo
 the other costly part of a request (an items x history similarity). The API's full path
 reads the same stored anchors for items that have them, so both paths explain alike.
 
-Stored in the bundle as ``candidates.npz`` (``allow_pickle=False``): ``items`` int32
-(n_users, k) padded with -1, ``scores`` float32 (nan where padded), ``anchors`` int16 (int32
-for histories over 32,767 items) and ``complete`` bool per user (the list holds every item
-the user could be shown, so nothing lies beyond it; False for a user whose list was never
-computed, which sends them to the full path). Memory is 10 bytes x k per user: 400 MB for
-200,000 users at k = 200.
+Stored in the bundle as ``candidates.npz`` (``allow_pickle=False``), one row per user that
+has a list: ``items`` int32 (rows, k) padded with -1, ``scores`` float32 (nan where padded),
+``anchors`` int16 (int32 for histories over 32,767 items), ``complete`` bool per row (the
+list holds every item the user could be shown, so nothing lies beyond it) and ``slots``
+int32 per user (their row, -1 without a list, which sends them to the full path; a file
+without ``slots`` has one row per user). Memory is 10 bytes x k per covered user plus 4
+bytes per user: 400 MB for 200,000 users at k = 200. A training job covers at most
+:data:`DEFAULT_MAX_USERS` users, the most active.
 
 A training job computes them after saving the bundle (:func:`save_with_candidates`): for a
 large bundle, several processes each load the saved bundle and score a share of the users,
@@ -69,6 +71,10 @@ PARALLEL_MIN_USERS = 20_000
 a few seconds: each imports the engine and loads the bundle)."""
 MAX_WORKERS = 8
 """Processes at most: each holds its own copy of the bundle."""
+DEFAULT_MAX_USERS = 1_000_000
+"""Users given a list by a training job, the most active first: 2 GB at k = 200. Beyond it,
+lists would outgrow every server's memory (tens of millions of users); the rest keep the
+full path, which costs a few milliseconds more per request, not a different answer."""
 
 
 class CandidatesError(ValueError):
@@ -77,40 +83,69 @@ class CandidatesError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class Candidates:
-    """Each user's best items in rank order (see the module docstring)."""
+    """The best items, in rank order, of the users that have a list (see the module docstring).
+
+    The arrays hold one row per covered user; ``slots`` maps a user's index to their row.
+    """
 
     items: np.ndarray
-    """int32 (n_users, k), -1 after the user's last candidate."""
+    """int32 (rows, k), -1 after the row's last candidate."""
     scores: np.ndarray
-    """float32 (n_users, k), the model's score of each candidate (nan where padded)."""
+    """float32 (rows, k), the model's score of each candidate (nan where padded)."""
     anchors: np.ndarray
-    """int16/int32 (n_users, k), each candidate's :func:`recsys.reasons.anchor_codes` code."""
+    """int16/int32 (rows, k), each candidate's :func:`recsys.reasons.anchor_codes` code."""
     complete: np.ndarray
-    """bool (n_users,): the row holds every item the user may ever be shown."""
+    """bool (rows,): the row holds every item its user may ever be shown."""
+    slots: np.ndarray | None = None
+    """int32 (n_users,): each user's row, -1 for a user without a list; None: row u is user u."""
     lengths: np.ndarray = field(init=False, repr=False)
-    """int32 (n_users,): each row's number of candidates (derived)."""
+    """int32 (rows,): each row's number of candidates (derived)."""
 
     def __post_init__(self) -> None:
         if self.items.ndim != 2 or not self.items.shape == self.scores.shape == self.anchors.shape:
             raise CandidatesError(f"candidate items {self.items.shape}, scores {self.scores.shape} and anchors "
                                   f"{self.anchors.shape} differ")
         if self.complete.shape != (self.items.shape[0],):
-            raise CandidatesError(f"{self.complete.shape} completeness flags for {self.items.shape[0]} users")
+            raise CandidatesError(f"{self.complete.shape} completeness flags for {self.items.shape[0]} rows")
+        if self.slots is not None:
+            owned = self.slots[self.slots >= 0]
+            if (self.slots.ndim != 1 or self.slots.min(initial=0) < -1 or len(owned) != self.n_rows
+                    or not np.array_equal(np.sort(owned), np.arange(self.n_rows))):
+                raise CandidatesError("candidate slots must give each row to exactly one user")
         # a row's valid prefix length, so a request slices instead of scanning for -1
         object.__setattr__(self, "lengths", np.count_nonzero(self.items >= 0, axis=1).astype(np.int32))
 
     @property
     def n_users(self) -> int:
+        return self.n_rows if self.slots is None else len(self.slots)
+
+    @property
+    def n_rows(self) -> int:
         return self.items.shape[0]
 
     @property
     def k(self) -> int:
         return self.items.shape[1]
 
+    def slot(self, user: int) -> int:
+        """The user's row, or -1 when they have no list."""
+        return user if self.slots is None else int(self.slots[user])
+
     def row(self, user: int) -> tuple[np.ndarray, np.ndarray]:
-        """One user's candidates and their scores, best first (views, no padding)."""
-        length = self.lengths[user]
-        return self.items[user, :length], self.scores[user, :length]
+        """One user's candidates and their scores, best first (views, no padding; empty without a list)."""
+        slot = self.slot(user)
+        length = self.lengths[slot] if slot >= 0 else 0
+        return self.items[slot, :length], self.scores[slot, :length]
+
+    def anchors_of(self, user: int) -> np.ndarray:
+        """The anchor codes of :meth:`row`'s candidates."""
+        slot = self.slot(user)
+        return self.anchors[slot, : self.lengths[slot] if slot >= 0 else 0]
+
+    def is_complete(self, user: int) -> bool:
+        """Whether the user's list holds every item they may ever be shown."""
+        slot = self.slot(user)
+        return slot >= 0 and bool(self.complete[slot])
 
     def check(self, history_lengths: np.ndarray, n_items: int) -> None:
         """Refuse candidates made for other data (a stale or foreign file): ``history_lengths``
@@ -122,13 +157,25 @@ class Candidates:
         padded = np.arange(self.k)[None, :] >= self.lengths[:, None]
         if not np.array_equal(self.items < 0, padded):
             raise CandidatesError("candidate rows must hold their items first and -1 padding after")
-        if self.anchors.size and (self.anchors.min() < NO_NOTION
-                                  or (self.anchors >= np.asarray(history_lengths)[:, None]).any()):
+        row_history = np.asarray(history_lengths)[self.row_users()]
+        if self.anchors.size and (self.anchors.min() < NO_NOTION or (self.anchors >= row_history[:, None]).any()):
             raise CandidatesError("candidate anchors must be positions in their user's history")
+
+    def row_users(self) -> np.ndarray:
+        """The user of each row."""
+        if self.slots is None:
+            return np.arange(self.n_rows)
+        users = np.empty(self.n_rows, dtype=np.int64)
+        covered = np.flatnonzero(self.slots >= 0)
+        users[self.slots[covered]] = covered
+        return users
 
     # ---- persistence -----------------------------------------------------------------
     def save(self, path: Path) -> Path:
-        np.savez(path, items=self.items, scores=self.scores, anchors=self.anchors, complete=self.complete)
+        arrays = {"items": self.items, "scores": self.scores, "anchors": self.anchors, "complete": self.complete}
+        if self.slots is not None:
+            arrays["slots"] = self.slots
+        np.savez(path, **arrays)
         return path
 
     @classmethod
@@ -137,9 +184,10 @@ class Candidates:
             anchors = stored["anchors"]
             if anchors.dtype not in (np.int16, np.int32):
                 raise CandidatesError(f"candidate anchors stored as {anchors.dtype}")
+            slots = stored["slots"].astype(np.int32, copy=False) if "slots" in stored.files else None
             return cls(stored["items"].astype(np.int32, copy=False),
                        stored["scores"].astype(np.float32, copy=False), anchors,
-                       stored["complete"].astype(bool, copy=False))
+                       stored["complete"].astype(bool, copy=False), slots)
 
 
 def precompute_candidates(bundle: ModelBundle, k: int = DEFAULT_K, *, users: Sequence[int] | np.ndarray | None = None,
@@ -154,8 +202,8 @@ def precompute_candidates(bundle: ModelBundle, k: int = DEFAULT_K, *, users: Seq
     terms dominate, and a batched product would round differently). Returns None
     if ``should_stop`` turns true before the end (checked between chunks of users).
     """
-    lists = _empty_lists(bundle, k)
     rows = _rows_to_score(bundle, users)
+    lists = _empty_lists(bundle, k, rows)
     started = time.perf_counter()
     with single_threaded_blas():
         for start in range(0, len(rows), CHUNK_USERS):
@@ -177,17 +225,21 @@ def attach_candidates(bundle: ModelBundle, k: int = DEFAULT_K) -> ModelBundle:
 
 
 def save_with_candidates(bundle: ModelBundle, directory: Path, k: int = DEFAULT_K,
-                         workers: int | None = None) -> Path:
+                         workers: int | None = None, max_users: int = DEFAULT_MAX_USERS) -> Path:
     """Save ``bundle`` to ``directory``, then compute its candidate lists and save them with it.
 
-    With ``PARALLEL_MIN_USERS`` users or more and more than one core, ``workers`` processes
+    Lists are made for at most ``max_users`` users, the most active (:func:`most_active_users`);
+    the others are served by full scoring. With ``PARALLEL_MIN_USERS`` users or more and
+    more than one core, ``workers`` processes
     (default: the cores, at most ``MAX_WORKERS``) each load the saved bundle and score a
     share of the users; each score is the same one-row, one-BLAS-thread call, so the lists
     are identical to :func:`precompute_candidates`' (asserted in the tests). Processes, not
     threads: the per-user work is many small numpy calls that would hold the GIL.
     """
     path = bundle.save(directory)
-    rows = _rows_to_score(bundle, None)
+    rows = most_active_users(bundle, max_users)
+    if len(rows) < int((np.diff(bundle.weights.indptr) > 0).sum()):
+        log.info("candidate lists for the %d most active users; the others are scored per request", len(rows))
     workers = min(workers or os.cpu_count() or 1, MAX_WORKERS)
     bundle.candidates = None
     if workers > 1 and len(rows) >= PARALLEL_MIN_USERS:
@@ -196,7 +248,7 @@ def save_with_candidates(bundle: ModelBundle, directory: Path, k: int = DEFAULT_
         except (BrokenProcessPool, OSError) as exc:  # e.g. a worker killed for memory: do it here instead
             log.warning("candidate worker processes failed (%s); scoring in this process", exc)
     if bundle.candidates is None:
-        bundle.candidates = precompute_candidates(bundle, k)
+        bundle.candidates = precompute_candidates(bundle, k, users=rows)
     if bundle.candidates is not None:
         bundle.candidates.save(path / FILE_NAME)
     return path
@@ -206,7 +258,7 @@ def precompute_in_processes(bundle: ModelBundle, directory: Path, rows: np.ndarr
                             workers: int) -> Candidates:
     """:func:`precompute_candidates` for ``rows`` by ``workers`` processes reading the bundle saved
     at ``directory`` (``bundle`` is that bundle, in this process)."""
-    lists = _empty_lists(bundle, k)
+    lists = _empty_lists(bundle, k, rows)
     chunks = [rows[start:start + CHUNK_USERS] for start in range(0, len(rows), CHUNK_USERS)]
     started = time.perf_counter()
     # spawn, not fork: the parent runs threads (BLAS, logging handlers, MLflow) a fork could catch mid-lock
@@ -235,23 +287,36 @@ class _Scored:
     lengths: np.ndarray
 
 
-def _empty_lists(bundle: ModelBundle, k: int) -> Candidates:
+def _empty_lists(bundle: ModelBundle, k: int, rows: np.ndarray) -> Candidates:
+    """Unfilled lists with one row per user in ``rows`` (in that order)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     n_users, n_items = bundle.weights.shape
     k = min(k, n_items) if n_items else 1
     history_lengths = np.diff(bundle.weights.indptr)
     narrow = not len(history_lengths) or history_lengths.max() <= np.iinfo(np.int16).max
-    return Candidates(np.full((n_users, k), -1, dtype=np.int32), np.full((n_users, k), np.nan, dtype=np.float32),
-                      np.full((n_users, k), NO_ANCHOR, dtype=np.int16 if narrow else np.int32),
-                      np.zeros(n_users, dtype=bool))
+    slots = np.full(n_users, -1, dtype=np.int32)
+    slots[rows] = np.arange(len(rows), dtype=np.int32)
+    return Candidates(np.full((len(rows), k), -1, dtype=np.int32), np.full((len(rows), k), np.nan, dtype=np.float32),
+                      np.full((len(rows), k), NO_ANCHOR, dtype=np.int16 if narrow else np.int32),
+                      np.zeros(len(rows), dtype=bool), slots)
 
 
 def _rows_to_score(bundle: ModelBundle, users: Sequence[int] | np.ndarray | None) -> np.ndarray:
-    """The asked users (default: all) that have a history."""
+    """The asked users (default: all) that have a history, in index order."""
     has_history = np.diff(bundle.weights.indptr) > 0
-    rows = np.flatnonzero(has_history) if users is None else np.asarray(users, dtype=np.int64)
+    rows = np.flatnonzero(has_history) if users is None else np.unique(np.asarray(users, dtype=np.int64))
     return rows[has_history[rows]]
+
+
+def most_active_users(bundle: ModelBundle, max_users: int) -> np.ndarray:
+    """The users with a history, or the ``max_users`` with the longest ones (the likeliest to come
+    back; ties by index), in index order."""
+    activity = np.diff(bundle.weights.indptr)
+    users = np.flatnonzero(activity > 0)
+    if len(users) > max_users:
+        users = np.sort(users[np.argsort(-activity[users], kind="stable")[:max(max_users, 0)]])
+    return users
 
 
 def _score_rows(bundle: ModelBundle, rows: np.ndarray, k: int) -> _Scored:
@@ -270,15 +335,16 @@ def _score_rows(bundle: ModelBundle, rows: np.ndarray, k: int) -> _Scored:
 
 
 def _store(lists: Candidates, scored: _Scored) -> None:
-    lists.items[scored.rows] = scored.items
-    lists.scores[scored.rows] = scored.scores
-    lists.anchors[scored.rows] = scored.anchors.astype(lists.anchors.dtype)
-    lists.complete[scored.rows] = scored.lengths < lists.k
+    slots = lists.slots[scored.rows]
+    lists.items[slots] = scored.items
+    lists.scores[slots] = scored.scores
+    lists.anchors[slots] = scored.anchors.astype(lists.anchors.dtype)
+    lists.complete[slots] = scored.lengths < lists.k
 
 
 def _finished(lists: Candidates) -> Candidates:
     """The filled lists (built again: the row lengths are derived at construction)."""
-    return Candidates(lists.items, lists.scores, lists.anchors, lists.complete)
+    return Candidates(lists.items, lists.scores, lists.anchors, lists.complete, lists.slots)
 
 
 _WORKER_BUNDLE: ModelBundle | None = None

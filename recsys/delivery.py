@@ -210,13 +210,15 @@ class DeliveryEngine:
     def _from_candidates(self, candidates: Candidates, index: int, n: int, filters: Filters,
                          diversity: float) -> RecommendationList | None:
         """The list from the user's precomputed candidates, or None when they cannot decide it."""
+        if candidates.slot(index) < 0:  # a user the lists do not cover
+            return None
         items, scores = candidates.row(index)
         keep = self._allowed_among(items, filters)
         needed = n * CANDIDATE_FACTOR if diversity > 0 else n
         survivors = int(np.count_nonzero(keep))
         # too few: the full path's top ``needed`` may hold items beyond the list, unless the
         # list holds every item there is (then only a popularity top-up, on the full path, differs)
-        if survivors < needed and not (candidates.complete[index] and survivors >= n):
+        if survivors < needed and not (candidates.is_complete(index) and survivors >= n):
             return None
         kept = np.flatnonzero(keep)[:needed]
         pool, pool_scores = items[kept], scores[kept]
@@ -226,20 +228,21 @@ class DeliveryEngine:
         weights = self.bundle.weights
         start, end = weights.indptr[index], weights.indptr[index + 1]
         reasons = self.reasons.personal_for(chosen, weights.indices[start:end], weights.data[start:end], filters,
-                                            candidates.anchors[index, kept[picked]])
+                                            candidates.anchors_of(index)[kept[picked]])
         return RecommendationList(self._listed(chosen, pool_scores[picked], reasons))
 
     def _stored_anchors(self, index: int, chosen: np.ndarray, history: sp.csr_matrix) -> np.ndarray | None:
         """Reason anchors of ``chosen`` for the unchanged history of user ``index``: stored ones
         where the candidates hold them (so both paths explain alike), computed for the rest."""
         candidates = self.candidates
-        if candidates is None:
+        if candidates is None or candidates.slot(index) < 0:  # nothing stored: the reasons compute them all
             return None
         items, _ = candidates.row(index)
         found = items[None, :] == chosen[:, None]
         stored = found.any(axis=1)
         codes = np.empty(len(chosen), dtype=np.int32)
-        codes[stored] = candidates.anchors[index, found[stored].argmax(axis=1)]
+        if stored.any():  # (an empty list has nothing stored, and no position to take an argmax over)
+            codes[stored] = candidates.anchors_of(index)[found[stored].argmax(axis=1)]
         if not stored.all():
             codes[~stored] = anchor_codes(self.model, chosen[~stored], history.indices)
         return codes

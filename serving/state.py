@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from recsys.bundle import ModelBundle
-from recsys.candidates import precompute_candidates
+from recsys.candidates import most_active_users, precompute_candidates
 from recsys.contract import parse_timestamp
 from recsys.delivery import DeliveryEngine, Filters
 from serving.cache import LastKnownGood
@@ -223,18 +223,15 @@ class CandidateJob:
 
     def _run(self) -> None:
         bundle = self.engine.bundle
-        activity = np.diff(bundle.weights.indptr)
-        users = np.flatnonzero(activity > 0)
-        if len(users) > self.max_users:
-            # the most active users first: they are the likeliest to ask; the rest keep full scoring
-            users = users[np.argsort(-activity[users], kind="stable")[: self.max_users]]
+        known = int((np.diff(bundle.weights.indptr) > 0).sum())
+        users = most_active_users(bundle, self.max_users)  # the likeliest to ask; the rest keep full scoring
+        if len(users) < known:
             log.warning("the artifact has no candidates: computing them for the %d most active of %d users "
-                        "(retrain to have training compute them for everyone)", self.max_users,
-                        int((activity > 0).sum()))
+                        "(retrain to have training compute them)", len(users), known)
         else:
             log.info("the artifact has no candidates: computing them for %d users in the background", len(users))
         try:
-            candidates = precompute_candidates(bundle, users=np.sort(users), should_stop=self._stop.is_set)
+            candidates = precompute_candidates(bundle, users=users, should_stop=self._stop.is_set)
             if candidates is not None and not self._stop.is_set():
                 self.engine.use_candidates(candidates)
                 log.info("candidates ready: known users are served from them")

@@ -30,6 +30,7 @@ from recsys.bundle import BundleError, ModelBundle
 from recsys.candidates import (
     FILE_NAME,
     Candidates,
+    CandidatesError,
     attach_candidates,
     precompute_candidates,
     precompute_in_processes,
@@ -138,10 +139,10 @@ def test_candidates_are_each_users_exact_top_k(bundle):
         items, scores = candidates.row(user)
         history = bundle.weights[user]
         full = bundle.model.score(np.array([user]), to_confidence(history, settings_.confidence, settings_.alpha))[0]
-        assert len(items) == K and not candidates.complete[user]
+        assert len(items) == K and not candidates.is_complete(user)
         assert not set(items.tolist()) & (set(history.indices.tolist()) | hidden)
         np.testing.assert_array_equal(scores, full[items])
-        np.testing.assert_array_equal(candidates.anchors[user, :K], anchor_codes(bundle.model, items, history.indices))
+        np.testing.assert_array_equal(candidates.anchors_of(user), anchor_codes(bundle.model, items, history.indices))
         order = np.lexsort((items, -scores.astype(np.float64)))
         assert order.tolist() == list(range(K))  # best first, ties by lower index
         allowed = np.ones(len(full), bool)
@@ -151,13 +152,13 @@ def test_candidates_are_each_users_exact_top_k(bundle):
         assert full[allowed].max() <= scores[-1]  # nothing left out beats the last candidate
     for cold in COLD_USERS:  # no history: an empty row that does not claim to be complete
         index = bundle.users.users.index_of(cold)
-        assert len(candidates.row(index)[0]) == 0 and not candidates.complete[index]
+        assert len(candidates.row(index)[0]) == 0 and not candidates.is_complete(index) and candidates.slot(index) < 0
 
 
 def test_a_list_holding_everything_is_complete(bundle):
     every = precompute_candidates(bundle, k=500)
     assert every.k == len(bundle.catalog)
-    np.testing.assert_array_equal(every.complete, np.diff(bundle.weights.indptr) > 0)
+    assert [every.is_complete(u) for u in range(every.n_users)] == (np.diff(bundle.weights.indptr) > 0).tolist()
     for user in (0, 11):
         showable = ~bundle.catalog.hidden
         showable[bundle.weights[user].indices] = False
@@ -169,7 +170,7 @@ def test_worker_processes_compute_the_same_lists(bundle, tmp_path):
     directory = bundle.save(tmp_path / "b")
     rows = np.flatnonzero(np.diff(bundle.weights.indptr) > 0)
     parallel = precompute_in_processes(bundle, directory, rows, K, workers=2)
-    for name in ("items", "scores", "anchors", "complete", "lengths"):
+    for name in ("items", "scores", "anchors", "complete", "lengths", "slots"):
         np.testing.assert_array_equal(getattr(parallel, name), getattr(bundle.candidates, name))
 
 
@@ -207,10 +208,54 @@ def test_round_trip_through_the_bundle(bundle, tmp_path):
     bundle.save(tmp_path / "b")
     assert (tmp_path / "b" / FILE_NAME).is_file()
     loaded = ModelBundle.load(tmp_path / "b")
-    for name in ("items", "scores", "anchors", "complete", "lengths"):
+    for name in ("items", "scores", "anchors", "complete", "lengths", "slots"):
         np.testing.assert_array_equal(getattr(loaded.candidates, name), getattr(bundle.candidates, name))
     (tmp_path / "b" / FILE_NAME).unlink()
     assert ModelBundle.load(tmp_path / "b").candidates is None  # an old artifact: full scoring
+
+
+def test_lists_for_the_most_active_users_only(bundle, engines, tmp_path):
+    """A capped bundle holds rows for the most active users only; the others get the same
+    answers through the full path."""
+    plain = ModelBundle(bundle.model, bundle.catalog, bundle.users, bundle.weights, bundle.settings, bundle.manifest)
+    capped = ModelBundle.load(save_with_candidates(plain, tmp_path / "b", k=K, max_users=5)).candidates
+    activity = np.diff(bundle.weights.indptr)
+    covered = np.flatnonzero(capped.slots >= 0)
+    assert capped.n_rows == 5 and capped.n_users == len(activity)
+    assert activity[covered].min() >= np.sort(activity)[-5]  # the most active
+    for user in covered:
+        np.testing.assert_array_equal(capped.row(user)[0], bundle.candidates.row(user)[0])
+    served = DeliveryEngine(bundle)
+    served.use_candidates(capped)
+    _, full = engines
+    outside = [u for u in range(0, 300, 7) if capped.slot(u) < 0]
+    assert len(outside) > 30
+    for user in outside:
+        user_id = bundle.users.users.id_of(user)
+        assert listed(served.for_user(user_id, 6, Filters(at=T0))) == listed(full.for_user(user_id, 6, Filters(at=T0)))
+
+
+def test_a_file_with_one_row_per_user_still_loads(bundle, tmp_path):
+    """Lists written without slots (one row per user, empty rows for users without one)."""
+    c = bundle.candidates
+    users = c.row_users()
+    full = [np.full((c.n_users, c.k), fill, dtype=a.dtype) for fill, a in ((-1, c.items), (np.nan, c.scores),
+                                                                            (NO_ANCHOR, c.anchors))]
+    for array, compact in zip(full, (c.items, c.scores, c.anchors), strict=True):
+        array[users] = compact
+    complete = np.zeros(c.n_users, dtype=bool)
+    complete[users] = c.complete
+    path = Candidates(*full, complete).save(tmp_path / FILE_NAME)
+    with np.load(path) as stored:
+        assert "slots" not in stored.files
+    loaded = Candidates.load(path)
+    for user in (0, 7, COLD_USERS_INDEX):
+        np.testing.assert_array_equal(loaded.row(user)[0], c.row(user)[0])
+        np.testing.assert_array_equal(loaded.anchors_of(user), c.anchors_of(user))
+    with pytest.raises(CandidatesError, match="slots"):
+        doubled = c.slots.copy()
+        doubled[np.flatnonzero(doubled < 0)[0]] = 0  # a second user on row 0
+        Candidates(c.items, c.scores, c.anchors, c.complete, doubled)
 
 
 def test_foreign_or_damaged_candidates_are_refused(bundle, tmp_path):
@@ -221,12 +266,12 @@ def test_foreign_or_damaged_candidates_are_refused(bundle, tmp_path):
         ModelBundle.load(directory)
     shuffled = c.items.copy()
     shuffled[0, 0], shuffled[0, -1] = -1, 7  # padding before an item
-    Candidates(shuffled, c.scores, c.anchors, c.complete).save(directory / FILE_NAME)
+    Candidates(shuffled, c.scores, c.anchors, c.complete, c.slots).save(directory / FILE_NAME)
     with pytest.raises(BundleError, match="padding"):
         ModelBundle.load(directory)
     beyond = c.anchors.copy()
-    beyond[0, 0] = bundle.weights[0].nnz  # one past the user's history
-    Candidates(c.items, c.scores, beyond, c.complete).save(directory / FILE_NAME)
+    beyond[c.slot(0), 0] = bundle.weights[0].nnz  # one past the user's history
+    Candidates(c.items, c.scores, beyond, c.complete, c.slots).save(directory / FILE_NAME)
     with pytest.raises(BundleError, match="anchors"):
         ModelBundle.load(directory)
     (directory / FILE_NAME).write_bytes(b"not a zip")
@@ -261,7 +306,7 @@ def test_server_caps_the_users_it_computes_for(old_artifact, tmp_path, bundle):
         assert holder.wait_for_candidates(60)
         computed = holder.current.engine.candidates
     activity = np.diff(bundle.weights.indptr)
-    covered = np.flatnonzero(computed.lengths > 0)
+    covered = np.flatnonzero(computed.slots >= 0)
     assert len(covered) == 5 and activity[covered].min() >= np.sort(activity)[-5]  # the most active
     app = create_app(ServingSettings(home=tmp_path / "home2", model_dir=old_artifact, candidate_users=0))
     with TestClient(app):

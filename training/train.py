@@ -25,7 +25,7 @@ from features.ingest import ingest
 from recsys import models
 from recsys.ann import build_for as build_ann_index
 from recsys.bundle import ModelBundle
-from recsys.candidates import save_with_candidates
+from recsys.candidates import DEFAULT_MAX_USERS, save_with_candidates
 from recsys.home import EngineHome
 from recsys.models.base import Recommender
 from training import gate, registry
@@ -47,6 +47,8 @@ class TrainOptions:
     tolerance: float = 0.02
     rural_floor: float = 0.8
     report: bool = False
+    candidate_users: int = DEFAULT_MAX_USERS
+    """Users given precomputed serving lists, the most active first (:mod:`recsys.candidates`)."""
 
 
 @dataclass
@@ -132,7 +134,8 @@ def evaluate_and_register(home: EngineHome, options: TrainOptions, data: Dataset
         _log_run(cfg, options, data, metrics, baseline, evaluation)
         mlflow.log_params({k: str(v)[:500] for k, v in {"engine": engine, **(engine_params or {})}.items()})
         with tempfile.TemporaryDirectory(prefix="recsys-train-") as tmp:
-            bundle_dir = clock.timed("save bundle", lambda: _save_bundle(model, data, cfg, metrics, split, Path(tmp)))
+            bundle_dir = clock.timed("save bundle", lambda: _save_bundle(model, data, options, metrics, split,
+                                                                         Path(tmp)))
             model_uri = clock.timed("log model", lambda: registry.log_bundle(bundle_dir))
         tags = {"config_hash": cfg.config_hash(), "ndcg_at_10": f"{evaluation.ndcg10:.6f}",
                 "rural_urban_ndcg_ratio": f"{evaluation.rural_urban_ratio:.6f}",
@@ -240,8 +243,9 @@ def _log_run(cfg: TrainConfig, options: TrainOptions, data: Dataset, metrics: di
         mlflow.log_table({c: [row[c] for row in evaluation.segments] for c in columns}, "evaluation/segments.json")
 
 
-def _save_bundle(model, data: Dataset, cfg: TrainConfig, metrics: dict[str, float], split: Split,
+def _save_bundle(model, data: Dataset, options: TrainOptions, metrics: dict[str, float], split: Split,
                  directory: Path) -> Path:
+    cfg = options.config
     manifest = {
         "trained_at": datetime.now(UTC).isoformat(), "data_start": str(data.data_start),
         "data_end": str(data.data_end), "test_cutoff": split.cutoff.isoformat(),
@@ -249,7 +253,8 @@ def _save_bundle(model, data: Dataset, cfg: TrainConfig, metrics: dict[str, floa
     }
     bundle = ModelBundle(model, data.full.catalog, data.full.users, data.full.weights, cfg.engine, manifest)
     bundle.ann = build_ann_index(model, len(bundle.catalog), cfg.engine.ann)  # None below ann.min_items items
-    return save_with_candidates(bundle, directory / "bundle")  # with the server's per-user fast path
+    # with the server's per-user fast path
+    return save_with_candidates(bundle, directory / "bundle", max_users=options.candidate_users)
 
 
 def _report(home: EngineHome, run_id: str) -> str | None:

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from recsys.candidates import DEFAULT_MAX_USERS
 from recsys.contract import parse_timestamp
 from training.cli.common import HomeOption, JsonOption, emit, fail, home_of, user_errors
 
@@ -46,6 +47,9 @@ def train_cmd(
                                                             "models als and hybrid)")] = Engine.implicit,
     spark_master: Annotated[str | None, typer.Option("--spark-master", help="Spark master URL for --engine spark "
                                                                             "(default local[*])")] = None,
+    candidate_users: Annotated[int, typer.Option(
+        "--candidate-users", min=0, help="Users given precomputed serving lists, the most active first; the "
+                                         "others are scored per request")] = DEFAULT_MAX_USERS,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -58,7 +62,8 @@ def train_cmd(
     with user_errors():
         cfg = load_config(config, model.value if model else None)
         options = TrainOptions(config=cfg, test_days=test_days, seed=seed, promote=not no_promote,
-                               tolerance=tolerance, rural_floor=rural_floor, report=report)
+                               tolerance=tolerance, rural_floor=rural_floor, report=report,
+                               candidate_users=candidate_users)
         run = train if engine is Engine.implicit else _spark_trainer(spark_master)
         with Console(stderr=True).status("training") as status:
             result = run(home_of(home), options, progress=lambda step: status.update(f"[bold]{step}"))
