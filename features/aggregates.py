@@ -16,10 +16,10 @@ values, ``suppressed = True``); a segment with fewer active users is suppressed 
 Category cells that add up to a published total (the districts' and the area x age
 segments' to the city's, a district's age bands' to the district's) are protected against
 differencing (:func:`_protect_by_complement`: when one is hidden, the next smallest are
-too), and the supply-demand table hides the demand side of exactly the district cells the
-preference table hides. Not protected: a small segment's head count of active users (its
-siblings' and the total's give it), and the top-items table's per-item user counts. The
-grids are built from the distinct values of each column (regions x age bands, ...), never
+too). The supply-demand table hides the demand side of exactly the district cells the
+preference table hides, and the top-items table lists no item of a hidden district cell.
+Not protected: a small segment's head count of active users (its siblings' and the total's
+give it). The grids are built from the distinct values of each column (regions x age bands, ...), never
 from who was active, so that even the presence of a row reveals nothing about people.
 Hidden items are excluded from everything.
 """
@@ -129,7 +129,8 @@ def plan_report(
         preferences=preferences(cells),
         supply_demand=supply_demand(events, users, items, bounds, min_users=min_users, hidden_cells=districts_now),
         trends=trends(cells),
-        top_items=top_items(events, items, min_users=min_users, limit=top_items_per_region),
+        top_items=top_items(events, items, min_users=min_users, limit=top_items_per_region,
+                            hidden_cells=districts_now),
         city=city_shares(events, items, min_users=min_users),
     )
 
@@ -443,18 +444,28 @@ def _status() -> pl.Expr:
     )
 
 
-def top_items(events: pl.LazyFrame, items: pl.LazyFrame, *, min_users: int, limit: int) -> pl.LazyFrame:
+def top_items(events: pl.LazyFrame, items: pl.LazyFrame, *, min_users: int, limit: int,
+              hidden_cells: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """Each region's most engaged items in the window, by distinct users.
 
     Only items engaged by at least ``min_users`` users of the region are listed, so a
-    listed count never rests on fewer people than any other published number.
+    listed count never rests on fewer people than any other published number. With
+    ``hidden_cells`` (region_code, category, suppressed: the preference table's current
+    district cells), no item of a hidden cell is listed either: an item's count bounds its
+    category's, and is its category's when the category has one item.
     """
     titles = visible_items(items).select("item_id", "title")
-    return (
+    counted = (
         events.filter((pl.col("period") == NOW) & pl.col("region_code").is_not_null())
         .group_by("region_code", "item_id", "category")
         .agg(pl.col("user_id").n_unique().cast(pl.Int64).alias("users"))
         .filter(pl.col("users") >= min_users)
+    )
+    if hidden_cells is not None:
+        shown = hidden_cells.filter(~pl.col("suppressed")).select("region_code", "category")
+        counted = counted.join(shown, on=["region_code", "category"], how="semi")
+    return (
+        counted
         .sort(["region_code", "users", "item_id"], descending=[False, True, False])
         .with_columns(pl.int_range(1, pl.len() + 1).over("region_code").alias("rank"))
         .filter(pl.col("rank") <= limit)

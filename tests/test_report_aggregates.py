@@ -281,11 +281,14 @@ def test_an_empty_hidden_band_reveals_nobody_and_hides_nothing_else(tables: Repo
     assert bands["60+"]["engaged_users"] == 2
 
 
-def test_top_items_rank_by_distinct_users(tables: ReportTables) -> None:
-    # A: fiA engaged by u2, u3, u4 (3 users), opA by u1, u2 (2). B: fiB by u5, u6, u7; opA by u5
-    # alone is below min_users=2 and not listed.
+def test_top_items_rank_by_distinct_users(arithmetic: ReportTables, tables: ReportTables) -> None:
+    # A: fiA engaged by u2, u3, u4 (3 users), opA by u1, u2 (2). B: fiB by u5, u6, u7; opA by u5 (1).
+    rows = arithmetic.top_items.select("region_code", "rank", "item_id", "users").rows()
+    assert rows == [(A, 1, "fiA", 3), (A, 2, "opA", 2), (B, 1, "fiB", 3), (B, 2, "opA", 1)]
+    # With min_users = 2, B's opA rests on one user; A's opA is the only opera item A's users
+    # touched, so its 2 would be A's hidden opera cell (hidden to protect B's): neither is listed.
     rows = tables.top_items.select("region_code", "rank", "item_id", "users").rows()
-    assert rows == [(A, 1, "fiA", 3), (A, 2, "opA", 2), (B, 1, "fiB", 3)]
+    assert rows == [(A, 1, "fiA", 3), (B, 1, "fiB", 3)]
 
 
 def test_duplicates_count_once() -> None:
@@ -346,3 +349,6 @@ def test_no_hidden_district_cell_can_be_recovered_from_the_city_total(log: pl.Da
             continue
         assert hidden.height >= 2, group
         assert hidden["engaged_users"].sum() >= min_users or hidden.height == group.height, group
+    listed = result.top_items.join(published.select("region_code", "category", "suppressed"),
+                                   on=["region_code", "category"])
+    assert listed.height == result.top_items.height and not listed["suppressed"].any()
