@@ -37,12 +37,12 @@ with the same calls, so the lists do not depend on how many took part.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,6 +71,8 @@ PARALLEL_MIN_USERS = 20_000
 a few seconds: each imports the engine and loads the bundle)."""
 MAX_WORKERS = 8
 """Processes at most: each holds its own copy of the bundle."""
+PROGRESS_SECONDS = 30.0
+"""How often the waiting parent logs that its workers are still scoring."""
 DEFAULT_MAX_USERS = 1_000_000
 """Users given a list by a training job, the most active first: 2 GB at k = 200. Beyond it,
 lists would outgrow every server's memory (tens of millions of users); the rest keep the
@@ -79,6 +81,10 @@ full path, which costs a few milliseconds more per request, not a different answ
 
 class CandidatesError(ValueError):
     """Stored candidates that do not fit the bundle they come with."""
+
+
+class CandidateWorkersFailed(RuntimeError):
+    """A worker process of :func:`precompute_in_processes` did not finish."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -230,11 +236,12 @@ def save_with_candidates(bundle: ModelBundle, directory: Path, k: int = DEFAULT_
 
     Lists are made for at most ``max_users`` users, the most active (:func:`most_active_users`);
     the others are served by full scoring. With ``PARALLEL_MIN_USERS`` users or more and
-    more than one core, ``workers`` processes
-    (default: the cores, at most ``MAX_WORKERS``) each load the saved bundle and score a
-    share of the users; each score is the same one-row, one-BLAS-thread call, so the lists
-    are identical to :func:`precompute_candidates`' (asserted in the tests). Processes, not
-    threads: the per-user work is many small numpy calls that would hold the GIL.
+    more than one core, ``workers`` processes (default: the cores, at most ``MAX_WORKERS``)
+    each load the saved bundle and score a share of the users
+    (:func:`precompute_in_processes`); each score is the same one-row, one-BLAS-thread call,
+    so the lists are identical to :func:`precompute_candidates`' (asserted in the tests).
+    Processes, not threads: the per-user work is many small numpy calls that hold the GIL.
+    If a worker fails, this process scores everyone itself.
     """
     path = bundle.save(directory)
     rows = most_active_users(bundle, max_users)
@@ -245,11 +252,11 @@ def save_with_candidates(bundle: ModelBundle, directory: Path, k: int = DEFAULT_
     if workers > 1 and len(rows) >= PARALLEL_MIN_USERS:
         try:
             bundle.candidates = precompute_in_processes(bundle, path, rows, k, workers)
-        except (BrokenProcessPool, OSError) as exc:  # e.g. a worker killed for memory: do it here instead
+        except (CandidateWorkersFailed, OSError) as exc:  # e.g. a worker killed for memory: do it here instead
             log.warning("candidate worker processes failed (%s); scoring in this process", exc)
     if bundle.candidates is None:
         bundle.candidates = precompute_candidates(bundle, k, users=rows)
-    if bundle.candidates is not None:
+    if bundle.candidates is not None:  # (None only if asked to stop, which nobody does here)
         bundle.candidates.save(path / FILE_NAME)
     return path
 
@@ -257,22 +264,78 @@ def save_with_candidates(bundle: ModelBundle, directory: Path, k: int = DEFAULT_
 def precompute_in_processes(bundle: ModelBundle, directory: Path, rows: np.ndarray, k: int,
                             workers: int) -> Candidates:
     """:func:`precompute_candidates` for ``rows`` by ``workers`` processes reading the bundle saved
-    at ``directory`` (``bundle`` is that bundle, in this process)."""
+    at ``directory`` (``bundle`` is that bundle, in this process).
+
+    Each worker is a fresh interpreter running :mod:`recsys.candidate_worker` on every
+    ``workers``-th row: it never imports the caller's ``__main__`` (as multiprocessing's
+    spawn would, running an unguarded script's training again) nor inherits its threads and
+    locks (as fork would). Raises :class:`CandidateWorkersFailed` when a worker fails.
+    """
     lists = _empty_lists(bundle, k, rows)
-    chunks = [rows[start:start + CHUNK_USERS] for start in range(0, len(rows), CHUNK_USERS)]
     started = time.perf_counter()
-    # spawn, not fork: the parent runs threads (BLAS, logging handlers, MLflow) a fork could catch mid-lock
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_load_worker_bundle,
-                             initargs=(str(directory),)) as pool:
-        for done, scored in enumerate(pool.map(_score_in_worker, chunks, [lists.k] * len(chunks)), start=1):
-            _store(lists, scored)
-            if done % 50 == 0:
-                log.info("candidates: %d of %d users (%.0fs, %d processes)", min(done * CHUNK_USERS, len(rows)),
-                         len(rows), time.perf_counter() - started, workers)
+    with tempfile.TemporaryDirectory(prefix="recsys-candidates-") as tmp:
+        jobs: list[_Worker] = []
+        try:
+            for number in range(workers):
+                jobs.append(_Worker.start(Path(tmp), number, directory, rows[number::workers], lists.k))
+            _wait_for(jobs, started)
+        finally:
+            for job in jobs:
+                job.stop()
+        for job in jobs:
+            with np.load(job.out, allow_pickle=False) as stored:
+                _store(lists, _Scored(**{name: stored[name] for name in _Scored.__dataclass_fields__}))
     log.info("candidates for %d users (k=%d) in %.1fs by %d processes", len(rows), lists.k,
              time.perf_counter() - started, workers)
     return _finished(lists)
+
+
+@dataclass(frozen=True)
+class _Worker:
+    """One ``python -m recsys.candidate_worker`` process and its files."""
+
+    process: subprocess.Popen
+    out: Path
+    errors: Path
+
+    @classmethod
+    def start(cls, tmp: Path, number: int, directory: Path, rows: np.ndarray, k: int) -> _Worker:
+        share, out, errors = (tmp / f"{name}-{number}{ext}" for name, ext in
+                              (("rows", ".npy"), ("lists", ".npz"), ("stderr", ".txt")))
+        np.save(share, rows)
+        command = [sys.executable, "-m", "recsys.candidate_worker", str(directory), str(share), str(k), str(out)]
+        with open(errors, "wb") as stderr:  # a file, not a pipe: a chatty worker never blocks on a full pipe
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        return cls(process, out, errors)
+
+    def failure(self) -> str | None:
+        code = self.process.poll()
+        if code in (None, 0):
+            return None
+        tail = self.errors.read_text(encoding="utf-8", errors="replace").strip()[-2000:]
+        return f"a candidate worker exited with {code}: {tail}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+def _wait_for(jobs: list[_Worker], started: float) -> None:
+    """Wait for every worker, logging progress; raise as soon as one fails."""
+    last_report = time.perf_counter()
+    while True:
+        codes = [job.process.poll() for job in jobs]
+        problem = next((failure for job in jobs if (failure := job.failure()) is not None), None)
+        if problem is not None:
+            raise CandidateWorkersFailed(problem)
+        if all(code is not None for code in codes):
+            return
+        if time.perf_counter() - last_report >= PROGRESS_SECONDS:
+            log.info("candidates: %d of %d processes still scoring (%.0fs)", codes.count(None), len(jobs),
+                     time.perf_counter() - started)
+            last_report = time.perf_counter()
+        time.sleep(0.2)
 
 
 # ---- the pieces both paths share ---------------------------------------------------------
@@ -334,6 +397,13 @@ def _score_rows(bundle: ModelBundle, rows: np.ndarray, k: int) -> _Scored:
     return _Scored(rows, items, scores, anchors, lengths)
 
 
+def score_share(bundle: ModelBundle, rows: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """A worker's share (:mod:`recsys.candidate_worker`): the lists of ``rows``, as arrays to save."""
+    with single_threaded_blas():
+        scored = _score_rows(bundle, rows, k)
+    return {name: getattr(scored, name) for name in _Scored.__dataclass_fields__}
+
+
 def _store(lists: Candidates, scored: _Scored) -> None:
     slots = lists.slots[scored.rows]
     lists.items[slots] = scored.items
@@ -345,24 +415,6 @@ def _store(lists: Candidates, scored: _Scored) -> None:
 def _finished(lists: Candidates) -> Candidates:
     """The filled lists (built again: the row lengths are derived at construction)."""
     return Candidates(lists.items, lists.scores, lists.anchors, lists.complete, lists.slots)
-
-
-_WORKER_BUNDLE: ModelBundle | None = None
-"""The bundle a worker process of :func:`precompute_in_processes` scores (loaded once)."""
-
-
-def _load_worker_bundle(directory: str) -> None:
-    from recsys.bundle import ModelBundle  # the bundle module imports this one
-
-    global _WORKER_BUNDLE
-    _WORKER_BUNDLE = ModelBundle.load(Path(directory))
-
-
-def _score_in_worker(rows: np.ndarray, k: int) -> _Scored:
-    if _WORKER_BUNDLE is None:  # pragma: no cover - the pool's initializer always ran
-        raise RuntimeError("the worker has no bundle")
-    with single_threaded_blas():
-        return _score_rows(_WORKER_BUNDLE, rows, k)
 
 
 def _best_of(bundle: ModelBundle, row: int, k: int,

@@ -10,6 +10,8 @@ and the user route's hand-serialised body and documented query.
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -25,12 +27,14 @@ with warnings.catch_warnings():  # starlette's TestClient warns about its httpx 
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+from recsys import candidates as candidates_module
 from recsys import models
 from recsys.bundle import BundleError, ModelBundle
 from recsys.candidates import (
     FILE_NAME,
     Candidates,
     CandidatesError,
+    CandidateWorkersFailed,
     attach_candidates,
     precompute_candidates,
     precompute_in_processes,
@@ -172,6 +176,18 @@ def test_worker_processes_compute_the_same_lists(bundle, tmp_path):
     parallel = precompute_in_processes(bundle, directory, rows, K, workers=2)
     for name in ("items", "scores", "anchors", "complete", "lengths", "slots"):
         np.testing.assert_array_equal(getattr(parallel, name), getattr(bundle.candidates, name))
+
+
+def test_a_failing_worker_is_reported_and_training_scores_in_its_own_process(bundle, tmp_path, monkeypatch):
+    rows = np.flatnonzero(np.diff(bundle.weights.indptr) > 0)
+    with pytest.raises(CandidateWorkersFailed, match="cannot load model artifact"):
+        precompute_in_processes(bundle, tmp_path / "no-bundle-here", rows, K, workers=2)
+    plain = ModelBundle(bundle.model, bundle.catalog, bundle.users, bundle.weights, bundle.settings, bundle.manifest)
+    monkeypatch.setattr(candidates_module, "PARALLEL_MIN_USERS", 1)
+    monkeypatch.setattr(sys, "executable", shutil.which("false"))  # every worker exits 1 at once
+    loaded = ModelBundle.load(save_with_candidates(plain, tmp_path / "b", k=K, workers=2)).candidates
+    for name in ("items", "scores", "anchors", "complete", "slots"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(bundle.candidates, name))
 
 
 def test_saving_with_candidates_writes_them_into_the_bundle(bundle, tmp_path):

@@ -1,0 +1,37 @@
+"""One worker of :func:`recsys.candidates.precompute_in_processes`, as its own interpreter.
+
+    python -m recsys.candidate_worker BUNDLE_DIR ROWS.npy K OUT.npz
+
+Loads the saved bundle, scores the users listed in ``ROWS.npy`` with
+:func:`recsys.candidates.score_share` (the one-row calls the server makes) and writes their
+lists to ``OUT.npz``, through a temporary name so that a half-written file never exists
+under the final one. Exits non-zero, with the reason on stderr, when anything fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 4:
+        sys.stderr.write(__doc__ or "")
+        return 2
+    directory, rows_file, k, out = Path(argv[0]), Path(argv[1]), int(argv[2]), Path(argv[3])
+    from recsys.bundle import ModelBundle
+    from recsys.candidates import score_share
+
+    bundle = ModelBundle.load(directory)
+    rows = np.load(rows_file, allow_pickle=False)
+    partial = out.with_name(out.name + ".partial.npz")
+    np.savez(partial, **score_share(bundle, rows, k))
+    os.replace(partial, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
