@@ -25,6 +25,7 @@ from recsys.ann import (
     hybrid_top_n,
 )
 from recsys.bundle import ModelBundle
+from recsys.candidates import precompute_candidates
 from recsys.catalog import Catalog
 from recsys.confidence import to_confidence
 from recsys.delivery import DeliveryEngine, Filters
@@ -259,6 +260,33 @@ def test_bundle_with_index_serves_the_exact_lists(taste: TrainingData, hybrid, n
     got_rows, got_scores = approximate.top_n_for_rows(rows, 10, at=0.0)
     assert np.mean([recall(g, w) for g, w in zip(got_rows, want_rows, strict=True)]) >= 0.95
     assert np.isfinite(got_scores).all()
+
+
+@pytest.mark.parametrize("name", ["als", "hybrid"])
+def test_candidates_of_an_indexed_bundle_come_from_the_index(taste: TrainingData, hybrid, name: str,
+                                                              tmp_path: Path) -> None:
+    """A large catalog's lists are found through its index (not by scoring every item): they
+    match the exact lists, hold no seen or hidden item, and serve the same answers."""
+    model = hybrid if name == "hybrid" else models.create("als", {"factors": 32, "iterations": 6}).fit(taste)
+    exact, approximate = engines(taste, model, tmp_path)
+    exact_lists = precompute_candidates(exact.bundle, k=50)
+    found = precompute_candidates(approximate.bundle, k=50)
+    rows = np.arange(0, N_USERS, 7)
+    overlaps = []
+    for row in rows:
+        items, scores = found.row(row)
+        assert len(items) == 50 and not set(items.tolist()) & set(taste.weights[row].indices.tolist())
+        assert not approximate.catalog.hidden[items].any() and np.all(np.diff(scores) <= 1e-6)  # best first
+        overlaps.append(recall(items[:10], exact_lists.row(row)[0][:10]))
+    assert np.mean(overlaps) >= 0.95
+    if name == "als":  # the index found them, not a full scoring: somewhere past the top they differ
+        assert any(not np.array_equal(found.row(row)[0], exact_lists.row(row)[0]) for row in rows)
+    approximate.use_candidates(found)
+    filters = Filters(at=0.0)
+    served = [recall(np.array([r.item for r in approximate.for_user(f"u{row}", 10, filters, diversity=0.0).items]),
+                     np.array([r.item for r in exact.for_user(f"u{row}", 10, filters, diversity=0.0).items]))
+              for row in rows]
+    assert np.mean(served) >= 0.95
 
 
 def test_indexed_engine_obeys_request_filters(taste: TrainingData, hybrid, tmp_path: Path) -> None:
