@@ -407,6 +407,9 @@ def _score_rows_through_index(bundle: ModelBundle, rows: np.ndarray, k: int) -> 
     for such a bundle, at a fraction of scoring every item."""
     from recsys.ann import approximate_top_n  # faiss: only for bundles that have an index
 
+    if len(rows) == 0:  # (a worker's share can be empty)
+        return _Scored(rows, np.empty((0, k), np.int32), np.empty((0, k), np.float32), np.empty((0, k), np.int32),
+                       np.empty(0, np.int32))
     settings = bundle.settings
     history = bundle.weights[rows]
     best, values = approximate_top_n(bundle.model, bundle.ann, rows, to_confidence(
@@ -421,10 +424,14 @@ def _score_rows_through_index(bundle: ModelBundle, rows: np.ndarray, k: int) -> 
 
 
 def score_share(bundle: ModelBundle, rows: np.ndarray, k: int) -> dict[str, np.ndarray]:
-    """A worker's share (:mod:`recsys.candidate_worker`): the lists of ``rows``, as arrays to save."""
+    """A worker's share (:mod:`recsys.candidate_worker`): the lists of ``rows``, as arrays to save
+    (scored a chunk at a time, so a batched index search never holds a whole share's results)."""
     with single_threaded_blas():
-        scored = _score_rows(bundle, rows, k)
-    return {name: getattr(scored, name) for name in _Scored.__dataclass_fields__}
+        chunks = [_score_rows(bundle, rows[start:start + CHUNK_USERS], k) for start in range(0, len(rows), CHUNK_USERS)]
+    if not chunks:
+        chunks = [_score_rows(bundle, rows, k)]
+    return {name: np.concatenate([getattr(chunk, name) for chunk in chunks])
+            for name in _Scored.__dataclass_fields__}
 
 
 def _store(lists: Candidates, scored: _Scored) -> None:
