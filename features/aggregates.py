@@ -19,9 +19,9 @@ differencing (:func:`_protect_by_complement`: when one is hidden, the next small
 too). The supply-demand table hides the demand side of exactly the district cells the
 preference table hides, and the top-items table lists no item of a hidden district cell.
 Not protected: a small segment's head count of active users (its siblings' and the total's
-give it). The grids are built from the distinct values of each column (regions x age bands, ...), never
-from who was active, so that even the presence of a row reveals nothing about people.
-Hidden items are excluded from everything.
+give it). The grids are built from the distinct values of each column (regions x age
+bands, ...), never from who was active, so that even the presence of a row reveals nothing
+about people. Hidden items are excluded from everything.
 """
 
 from __future__ import annotations
