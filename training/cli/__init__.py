@@ -27,18 +27,23 @@ def _register_all() -> None:
 
 
 @app.callback()
-def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging")) -> None:
+def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging, third parties included")
+               ) -> None:
+    # Without --verbose only warnings reach the terminal, plus the server's own operational lines:
+    # faiss's loader, MLflow's migrations and every library's INFO narration stay quiet.
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        logging.getLogger("serving").setLevel(logging.INFO)
     # MLflow phones home unless told not to; the engine must work offline.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not verbose:  # MLflow narrates every registration and migration at INFO
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
-        for noisy in ("mlflow", "alembic"):
+        for noisy in ("mlflow", "alembic", "faiss", "optuna", "py4j"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from recsys.contract import ContractError
 from recsys.home import EngineHome
@@ -22,8 +23,21 @@ HomeOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary")]
 
-console = Console(stderr=True)
 log = logging.getLogger(__name__)
+
+
+def stdout_console() -> Console:
+    """The console a command's summary goes to. ``soft_wrap``: a line is never broken at the
+    terminal or pipe width, so scripts and tests can match whole messages (paths included)."""
+    return Console(soft_wrap=True)
+
+
+def stderr_console() -> Console:
+    """The console errors and progress go to (never wraps, like :func:`stdout_console`)."""
+    return Console(stderr=True, soft_wrap=True)
+
+
+console = stderr_console()
 
 
 def home_of(home: Path | None) -> EngineHome:
@@ -38,14 +52,14 @@ def emit(summary: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any
     if render is not None:
         render(summary)
         return
-    out = Console()
+    out = stdout_console()
     for key, value in summary.items():
         out.print(f"[bold]{key}[/bold]: {value}")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print an error on stderr and return the Exit to raise."""
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(code)
 
 

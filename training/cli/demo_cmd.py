@@ -15,12 +15,11 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from features.synthetic import STAGES, TIMEZONE, DemoConfig, DemoData, generate, write_demo
-from training.cli.common import HomeOption, JsonOption, console, emit, home_of, user_errors
+from training.cli.common import HomeOption, JsonOption, console, emit, home_of, stdout_console, user_errors
 
 _PROGRESS_FROM_USERS = 100_000
 """Show a progress bar from this many users on (smaller runs finish in a second or two)."""
@@ -100,7 +99,7 @@ def _summary(data: DemoData, paths: dict[str, Path], seconds: float) -> dict[str
 
 
 def _render(summary: dict[str, Any]) -> None:
-    out = Console()
+    out = stdout_console()
     table = Table(title="demo data", show_header=False, box=None)
     for key in ("users", "items", "upcoming_items", "interactions"):
         table.add_row(key, f"{summary[key]:,}")

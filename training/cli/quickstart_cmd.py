@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from training.cli.common import HomeOption, JsonOption, emit, home_of, user_errors
+from training.cli.common import HomeOption, JsonOption, emit, home_of, stderr_console, stdout_console, user_errors
 
-err = Console(stderr=True)
+err = stderr_console()
 
 
 def quickstart_cmd(
@@ -70,7 +69,7 @@ def quickstart_cmd(
 
 
 def _render(summary: dict[str, Any]) -> None:
-    out = Console()
+    out = stdout_console()
     train = summary["train"]
     metrics = train["key_metrics"]
     out.print(f"[bold]engine home[/bold]: {summary['home']}")
@@ -87,7 +86,7 @@ def _serve(host: str, port: int) -> None:
     import uvicorn
 
     base = f"http://{host}:{port}"
-    out = Console()
+    out = stdout_console()
     out.print("\n[bold]API starting[/bold]; try:")
     for line in (
         f"curl '{base}/v1/users/u000001/recommendations?n=5'",

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from training.cli.common import HomeOption, JsonOption, emit, home_of, user_errors
+from training.cli.common import HomeOption, JsonOption, emit, home_of, stdout_console, user_errors
 
 
 class Lang(StrEnum):
@@ -47,7 +46,7 @@ def report(
 
 
 def _render(summary: dict[str, Any]) -> None:
-    out = Console()
+    out = stdout_console()
     out.print(f"[bold]report[/bold] {summary['window_start']} .. {summary['window_end']} "
               f"in {summary['seconds']}s")
     out.print(f"districts: {summary['regions']} ({summary['regions_suppressed']} suppressed); "

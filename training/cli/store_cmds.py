@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from features.incoming import DEFAULT_KEEP_DAYS
 from features.ingest import ingest, retry_quarantine, store_info
-from training.cli.common import HomeOption, JsonOption, emit, home_of, user_errors
+from training.cli.common import HomeOption, JsonOption, emit, home_of, stdout_console, user_errors
 
 FileOption = Annotated[Path | None, typer.Option(help="CSV or Parquet file", dir_okay=False)]
 
@@ -52,7 +51,7 @@ def ingest_cmd(
 
 def _render_ingest(summary: dict[str, Any]) -> None:
     runs = summary if "retry" in summary else {"ingest": summary}
-    out = Console()
+    out = stdout_console()
     for label, run in runs.items():
         if run.get("removed_segments"):
             out.print(f"removed {len(run['removed_segments'])} fully ingested API segment(s) of stopped servers")
@@ -85,7 +84,7 @@ def store_info_cmd(home: HomeOption = None, as_json: JsonOption = False) -> None
 
 
 def _render_info(info: dict[str, Any]) -> None:
-    out = Console()
+    out = stdout_console()
     out.print(f"[bold]store[/bold] {info['home']}")
     out.print(f"interactions {info['interactions']:,}  users {info['users']:,}  items {info['items']:,}")
     span = info["date_range"]

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from recsys.candidates import DEFAULT_MAX_USERS
 from recsys.contract import parse_timestamp
-from training.cli.common import HomeOption, JsonOption, emit, fail, home_of, user_errors
+from training.cli.common import HomeOption, JsonOption, emit, fail, home_of, stderr_console, stdout_console, user_errors
 
-out = Console()
+out = stdout_console()
 
 
 class ModelName(StrEnum):
@@ -65,7 +64,7 @@ def train_cmd(
                                tolerance=tolerance, rural_floor=rural_floor, report=report,
                                candidate_users=candidate_users)
         run = train if engine is Engine.implicit else _spark_trainer(spark_master)
-        with Console(stderr=True).status("training") as status:
+        with stderr_console().status("training") as status:
             result = run(home_of(home), options, progress=lambda step: status.update(f"[bold]{step}"))
     emit(result.to_dict(), as_json, _render_train)
 
