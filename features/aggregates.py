@@ -27,7 +27,7 @@ about people. Hidden items are excluded from everything.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -108,11 +108,13 @@ def plan_report(
     at: datetime | None = None,
     settings: EngineSettings | None = None,
     top_items_per_region: int = 5,
+    now: datetime | None = None,
 ) -> ReportPlan:
     """Wire every report pipeline over the three stored tables (nothing is read yet).
 
     The window is ``(at - window_days, at]``; ``at`` defaults to the latest interaction time,
     so a report on historical data describes its last weeks rather than an empty present.
+    The window never ends after ``now`` (default: the wall clock), see :func:`window_bounds`.
     """
     if window_days < 1:
         raise ValueError("window_days must be at least 1")
@@ -120,7 +122,7 @@ def plan_report(
         raise ValueError("min_users must be at least 1")
     settings = settings or EngineSettings()
     users = users.unique(subset="user_id", keep="any")
-    bounds = window_bounds(interactions, window_days=window_days, at=at)
+    bounds = window_bounds(interactions, window_days=window_days, at=at, now=now)
     events = window_events(interactions, users, items, bounds, settings)
     cells = segment_cells(events, users, items, min_users=min_users).cache()
     districts_now = cells.filter((pl.col("segment_type") == "region") & (pl.col("period") == NOW))
@@ -135,12 +137,22 @@ def plan_report(
     )
 
 
-def window_bounds(interactions: pl.LazyFrame, *, window_days: int, at: datetime | None) -> pl.LazyFrame:
-    """One row: ``window_end``, ``window_start`` and ``prev_start`` (start of the previous window)."""
+def window_bounds(interactions: pl.LazyFrame, *, window_days: int, at: datetime | None,
+                  now: datetime | None = None) -> pl.LazyFrame:
+    """One row: ``window_end``, ``window_start`` and ``prev_start`` (start of the previous window).
+
+    ``window_end`` is ``at``, or else the latest interaction at or before ``now`` (default: the
+    wall clock), and never later than ``now``: one event dated in the future (``9999-12-31``
+    from a provider's "no date") must not move the window to where nobody was active yet, nor
+    past the last date a ``datetime`` can hold.
+    """
+    now = now or datetime.now(UTC)
+    ceiling = pl.lit(now, dtype=UTC_TIME)
     if at is None:
-        end = interactions.select(pl.col("ts").max().alias("window_end"))
+        ts = pl.col("ts").cast(UTC_TIME)
+        end = interactions.select(ts.filter(ts <= ceiling).max().alias("window_end"))
     else:
-        end = pl.LazyFrame({"window_end": [at]}, schema={"window_end": UTC_TIME})
+        end = pl.LazyFrame({"window_end": [min(at, now)]}, schema={"window_end": UTC_TIME})
     span = pl.duration(days=window_days)
     return end.select(
         pl.col("window_end").cast(UTC_TIME),

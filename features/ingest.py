@@ -55,7 +55,7 @@ from features.validate import (
     validate_users,
 )
 from features.writer import recover
-from recsys.contract import ALL_COLUMNS, ContractError, Reason, check_columns
+from recsys.contract import ALL_COLUMNS, ContractError, Reason, check_columns, latest_event_time
 from recsys.home import EngineHome
 from recsys.settings import EngineSettings
 
@@ -520,7 +520,8 @@ def _evaluate(home: EngineHome, batch: _Batch, settings: EngineSettings) -> _Out
     # The catalog an interaction must match: the store's items plus this batch's valid ones.
     new_items = items.filter(pl.col(REASON).is_null()).select(pl.col(typed("item_id")).alias("item_id"))
     catalog = pl.concat([store.scan_items(home).select("item_id"), new_items])
-    interactions = validate_interactions(batch.interactions.lazy(), catalog, tz).with_columns(
+    latest = latest_event_time(settings.max_future_skew_days)  # this machine's clock, read once per run
+    interactions = validate_interactions(batch.interactions.lazy(), catalog, tz, latest=latest).with_columns(
         pl.col(typed("ts")).dt.convert_time_zone(tz).dt.strftime("%Y-%m-%d").alias(DATE)
     )
     current_items, current_users = store.scan_items(home), store.scan_users(home)

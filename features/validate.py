@@ -19,6 +19,8 @@ any separator character) are treated as unparseable here.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import polars as pl
 
 from features import schemas
@@ -167,6 +169,13 @@ def _unparsed(column: str, parsed: pl.Expr) -> pl.Expr:
     return clean_text(column).is_not_null() & parsed.is_null()
 
 
+def _after(moment: pl.Expr, latest: datetime | None) -> pl.Expr:
+    """``moment`` is later than ``latest`` (never, when there is no limit)."""
+    if latest is None:
+        return pl.lit(False)
+    return (moment > pl.lit(latest, dtype=schemas.UTC_TIME)).fill_null(False)
+
+
 def _first_reason(checks: list[tuple[pl.Expr, Reason]]) -> pl.Expr:
     chain = pl.when(checks[0][0]).then(pl.lit(checks[0][1].value))
     for condition, reason in checks[1:]:
@@ -174,11 +183,14 @@ def _first_reason(checks: list[tuple[pl.Expr, Reason]]) -> pl.Expr:
     return chain.otherwise(pl.lit(None, dtype=pl.String)).alias(REASON)
 
 
-def validate_interactions(raw: pl.LazyFrame, catalog: pl.LazyFrame, time_zone: str) -> pl.LazyFrame:
+def validate_interactions(raw: pl.LazyFrame, catalog: pl.LazyFrame, time_zone: str, *,
+                          latest: datetime | None = None) -> pl.LazyFrame:
     """Type interaction rows and name the first rule each breaks.
 
     ``raw`` holds the interaction columns as strings (and optionally a boolean ``__torn``
     for API lines that were not valid JSON); ``catalog`` has one ``item_id`` column.
+    An event time after ``latest`` (aware; see :func:`recsys.contract.latest_event_time`)
+    is :attr:`Reason.FUTURE_TIME`; ``None`` accepts any time.
     """
     if TORN not in raw.collect_schema():
         raw = raw.with_columns(pl.lit(False).alias(TORN))
@@ -199,6 +211,7 @@ def validate_interactions(raw: pl.LazyFrame, catalog: pl.LazyFrame, time_zone: s
         (_too_long("user_id", "item_id"), Reason.ID_TOO_LONG),
         (~pl.col(typed("action")).is_in(ACTIONS), Reason.UNKNOWN_ACTION),
         (pl.col(typed("ts")).is_null(), Reason.BAD_TIME),
+        (_after(pl.col(typed("ts")), latest), Reason.FUTURE_TIME),
         (_unparsed("value", pl.col(typed("value"))), Reason.BAD_VALUE),
         (pl.col("__in_catalog").is_null(), Reason.UNKNOWN_ITEM),
     ]

@@ -9,7 +9,7 @@ read these definitions, so a rule changes in one place.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -68,6 +68,7 @@ class Reason(StrEnum):
     BAD_AREA_TYPE = "unknown_area_type"
     BAD_NUMBER = "unparseable_number"
     TORN_LINE = "torn_or_invalid_json_line"
+    FUTURE_TIME = "future_time"
 
 
 class ContractError(ValueError):
@@ -131,6 +132,20 @@ def parse_timestamp(value: Any, default_tz: str = "Asia/Shanghai") -> datetime |
         return moment.astimezone(UTC)
     except (OverflowError, ValueError):  # e.g. year 1 shifted before datetime.min
         return None
+
+
+def latest_event_time(max_future_skew_days: float, now: datetime | None = None) -> datetime:
+    """The latest event time accepted now: the receiving machine's clock plus the allowed skew.
+
+    A provider's or phone's clock may run a little ahead; an event further ahead than that
+    (``9999-12-31`` as "no date", a swapped day and month) is not a real event, and one such
+    row would push every window that ends at the latest interaction into the future.
+    """
+    now = now or datetime.now(UTC)
+    try:
+        return now + timedelta(days=max_future_skew_days)
+    except OverflowError:  # an absurd skew setting: nothing is too far ahead
+        return datetime.max.replace(tzinfo=UTC)
 
 
 def _looks_numeric(text: str) -> bool:

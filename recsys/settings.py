@@ -48,6 +48,9 @@ class EngineSettings(BaseSettings):
     confidence: Literal["log", "linear", "bm25"] = "log"
     alpha: float = Field(2.0, gt=0, description="confidence = 1 + alpha * log1p(w) (log transform)")
     timezone: str = "Asia/Shanghai"
+    max_future_skew_days: float = Field(
+        1.0, ge=0, description="event times further ahead of the receiving machine's clock are rejected "
+                               "(API) or quarantined as future_time (ingest)")
     ann: AnnSettings = Field(default_factory=AnnSettings)
 
     @field_validator("action_weights")

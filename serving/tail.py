@@ -55,7 +55,7 @@ import anyio
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recsys.contract import InteractionIn, parse_timestamp
+from recsys.contract import InteractionIn, latest_event_time, parse_timestamp
 from recsys.durable import fsync_dir
 from serving.config import ServingSettings
 from serving.erasure import ErasedUsers
@@ -181,6 +181,9 @@ class TailStats:
     erased: int = 0
     trained: int = 0
     """Lines skipped on a first look because the model already holds them (at or before ``data_end``)."""
+    future: int = 0
+    """Lines dated further ahead of this machine's clock than the allowed skew (the POST route rejects
+    them and ingest quarantines them: live state must not keep them either)."""
 
 
 class PeerInteractions:
@@ -206,7 +209,8 @@ class PeerInteractions:
             return TailStats()
         after = -math.inf if self.caught_up else data_end_of(served)
         settings = served.bundle.settings
-        counts = {"lines": 0, "applied": 0, "invalid": 0, "erased": 0, "trained": 0}
+        latest = latest_event_time(settings.max_future_skew_days).timestamp()
+        counts = {"lines": 0, "applied": 0, "invalid": 0, "erased": 0, "trained": 0, "future": 0}
 
         def handle(line: bytes) -> None:
             record = read_record(line)
@@ -218,6 +222,10 @@ class PeerInteractions:
             row = checked_row(record, settings.timezone) if record is not None else None
             if row is None:
                 counts["invalid"] += 1
+            elif row.timestamp(settings.timezone).timestamp() > latest:
+                # Written by a server that did not check the clock: a live event from the future
+                # would outlive every reload (no data_end ever reaches it).
+                counts["future"] += 1
             elif row.user_id in self.erased:
                 counts["erased"] += 1
             else:
@@ -237,6 +245,9 @@ class PeerInteractions:
                      counts["applied"], counts["trained"])
         if counts["invalid"]:
             log.warning("skipped %d unreadable lines in the other servers' segments", counts["invalid"])
+        if counts["future"]:
+            log.warning("skipped %d lines dated after this machine's clock plus %g days in the other servers' "
+                        "segments", counts["future"], settings.max_future_skew_days)
         return TailStats(**counts)
 
 

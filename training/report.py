@@ -94,17 +94,19 @@ def write_report(
     settings = settings or EngineSettings()
     if lang not in LANGS:
         raise ValueError(f"unknown language {lang!r}; expected one of {', '.join(LANGS)}")
-    moment = _parse_at(at, settings.timezone)
+    now = datetime.now(UTC)  # the window never runs past this machine's clock
+    moment = _parse_at(at, settings.timezone, now)
     destination = Path(out_dir) if out_dir is not None else engine_home.reports / "latest"
 
     plan = plan_report(
         scan_interactions(engine_home), scan_users(engine_home), scan_items(engine_home),
-        window_days=window_days, min_users=min_users, at=moment, settings=settings,
+        window_days=window_days, min_users=min_users, at=moment, settings=settings, now=now,
     )
     tables = plan.collect()
     bounds = tables.bounds.row(0, named=True) if tables.bounds.height else {}
     if bounds.get("window_end") is None:
-        raise ValueError(f"the store at {engine_home.store} holds no interactions; ingest data first")
+        raise ValueError(f"the store at {engine_home.store} holds no interactions up to now "
+                         f"({now.isoformat(timespec='seconds')}); ingest data first")
 
     meta = _meta(bounds, window_days=window_days, min_users=min_users, lang=lang,
                  at_given=moment is not None, settings=settings)
@@ -118,12 +120,15 @@ def write_report(
     return result
 
 
-def _parse_at(at: datetime | str | None, timezone: str) -> datetime | None:
+def _parse_at(at: datetime | str | None, timezone: str, now: datetime) -> datetime | None:
     if at is None:
         return None
     moment = parse_timestamp(at, timezone)
     if moment is None:
         raise ValueError(f"cannot read --at {at!r} as a time (use ISO-8601, e.g. 2026-10-31T00:00:00+08:00)")
+    if moment > now:
+        raise ValueError(f"--at {at!r} is in the future (this machine's clock reads "
+                         f"{now.isoformat(timespec='seconds')}); a report describes what already happened")
     return moment
 
 

@@ -9,13 +9,14 @@ process's incoming segment before the answer, then folded into the user's next r
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, status
 from pydantic import ValidationError
 
 from recsys.catalog import Catalog
-from recsys.contract import InteractionIn, Reason
+from recsys.contract import InteractionIn, Reason, latest_event_time
 from serving.deps import ServedDep, ServicesDep
 from serving.schemas import InteractionsAccepted, Rejection
 
@@ -43,12 +44,13 @@ def post_interactions(batch: Annotated[list[Any], Body()], served: ServedDep, sv
     if len(batch) > svc.settings.max_batch:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                             detail=f"at most {svc.settings.max_batch} interactions per request, got {len(batch)}")
-    timezone = served.bundle.settings.timezone
+    settings = served.bundle.settings
+    latest = latest_event_time(settings.max_future_skew_days)  # this machine's clock, once per batch
     accepted: list[InteractionIn] = []
     records: list[dict[str, Any]] = []
     rejected: list[Rejection] = []
     for index, element in enumerate(batch):
-        checked = check_interaction(index, element, served.engine.catalog, timezone)
+        checked = check_interaction(index, element, served.engine.catalog, settings.timezone, latest)
         if isinstance(checked, Rejection):
             rejected.append(checked)
         elif checked[0].user_id in svc.erased:
@@ -64,7 +66,6 @@ def post_interactions(batch: Annotated[list[Any], Body()], served: ServedDep, sv
             log.exception("could not persist %d interactions", len(records))
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                                 detail="could not store the interactions; retry later") from exc
-    settings = served.bundle.settings
     for row in accepted:
         svc.live.add(row.user_id, row.item_id, settings.weight_of(row.action, row.value),
                      row.timestamp(settings.timezone).timestamp())
@@ -73,9 +74,13 @@ def post_interactions(batch: Annotated[list[Any], Body()], served: ServedDep, sv
     return InteractionsAccepted(accepted=len(accepted), rejected=rejected)
 
 
-def check_interaction(index: int, element: Any, catalog: Catalog,
-                      timezone: str) -> Rejection | tuple[InteractionIn, dict[str, Any]]:
-    """The validated row and its segment record, or why it is rejected."""
+def check_interaction(index: int, element: Any, catalog: Catalog, timezone: str,
+                      latest: datetime | None = None) -> Rejection | tuple[InteractionIn, dict[str, Any]]:
+    """The validated row and its segment record, or why it is rejected.
+
+    An event time after ``latest`` (:func:`recsys.contract.latest_event_time`) is rejected as
+    :attr:`Reason.FUTURE_TIME`, as ingest quarantines it; ``None`` accepts any time.
+    """
     if not isinstance(element, dict):
         return Rejection(index=index, reason=Reason.MISSING_FIELD, detail="an interaction must be a JSON object")
     try:
@@ -87,6 +92,10 @@ def check_interaction(index: int, element: Any, catalog: Catalog,
         moment = row.timestamp(timezone)
     except ValueError as exc:
         return Rejection(index=index, reason=Reason.BAD_TIME, detail=str(exc))
+    if latest is not None and moment > latest:
+        return Rejection(index=index, reason=Reason.FUTURE_TIME,
+                         detail=f"time {row.ts!r} ({moment.isoformat()}) is after "
+                                f"{latest.isoformat(timespec='seconds')}, this server's clock plus the allowed skew")
     if row.item_id not in catalog.items:
         return Rejection(index=index, reason=Reason.UNKNOWN_ITEM, detail=f"item {row.item_id!r} is not in the catalog")
     record = {"user_id": row.user_id, "item_id": row.item_id, "action": row.action,
