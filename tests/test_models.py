@@ -1,7 +1,11 @@
 """Model contract: every model fits, recovers a planted preference, round-trips through
-save/load with identical scores, folds in unknown users, and treats cold items honestly."""
+save/load with identical scores, folds in unknown users, treats cold items honestly, and
+explains a list (items x history similarities) at the cost of those pairs, never of the
+whole catalog per item. EASE: the closed form, over its most active items only."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -100,3 +104,147 @@ def test_unknown_model_and_bad_params_raise_value_error():
         models.create("als", {"factors": 0})
     with pytest.raises(ValueError):
         models.create("als", {"no_such_param": 1})
+
+
+# ---- explaining at the cost of the model ------------------------------------------------
+FAMILIES = {
+    **{name: (name, params) for name, params in FAST.items()},
+    "ease-capped": ("ease", {"l2": 20.0, "max_items": 40}),
+    "hybrid-itemknn": ("hybrid", {"cf_model": "itemknn", "itemknn": FAST["itemknn"]}),
+    "hybrid-ease": ("hybrid", {"cf_model": "ease", "ease": {"l2": 20.0, "max_items": 40}}),
+}
+"""Every model family, and every collaborative part a hybrid can have."""
+
+
+@pytest.fixture(scope="module")
+def families(data):
+    return {label: models.create(name, params).fit(data) for label, (name, params) in FAMILIES.items()}
+
+
+def _per_item(model, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """What ``item_similarity_matrix`` must equal: each item's similarity to the catalog, at ``others``."""
+    rows = [model.item_similarity(int(i)) for i in items]
+    return np.array([np.full(len(others), np.nan) if row is None else row[others] for row in rows], np.float32)
+
+
+def _forbid_per_item(model, monkeypatch) -> None:
+    """Make the catalog-wide per-item similarity fail, in the model and its collaborative part."""
+    def refuse(item: int):
+        raise AssertionError(f"item_similarity({item}) asked for the whole catalog to explain a few pairs")
+    for part in (model, getattr(model, "cf", None)):
+        if part is not None:
+            monkeypatch.setattr(part, "item_similarity", refuse)
+
+
+@pytest.mark.parametrize("label", list(FAMILIES))
+def test_explaining_pairs_never_scores_the_whole_catalog(label, families, data, monkeypatch):
+    """Reasons need items x history similarities; every family computes just those pairs, with
+    the values of its per-item similarity (NaN for an item it cannot relate)."""
+    model = families[label]
+    cold = np.flatnonzero(~data.known_items)
+    items = np.array([0, 5, 13, 47, 71, cold[0], 2])
+    others = np.array([1, 2, 14, 33, cold[1], 60, 0])
+    expected = _per_item(model, items, others)
+    _forbid_per_item(model, monkeypatch)
+    got = model.item_similarity_matrix(items, others)
+    assert got.shape == (len(items), len(others)) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)  # NaN where expected is NaN, and only there
+    if label != "popularity":
+        assert np.isfinite(got).sum() >= len(others) * 2 and (np.abs(got[np.isfinite(got)]) > 0).any()
+
+
+# ---- EASE ------------------------------------------------------------------------------
+def _dense_ease(data, l2: float) -> np.ndarray:
+    """The textbook fit over the whole catalog: B = I - P / diag(P), P = (XᵀX + λI)⁻¹ (np.linalg.inv)."""
+    x = data.matrix.toarray().astype(np.float64)
+    x[x > 0] = 1.0
+    precision = np.linalg.inv(x.T @ x + l2 * np.eye(x.shape[1]))
+    weights = -precision / np.diag(precision)
+    np.fill_diagonal(weights, 0.0)
+    return weights.astype(np.float32)
+
+
+def test_ease_fit_is_the_closed_form(fitted, data):
+    """The in-place Cholesky inverse over the known items gives the textbook weights."""
+    model = fitted["ease"]
+    reference = _dense_ease(data, 20.0)
+    known = np.flatnonzero(data.known_items)
+    np.testing.assert_array_equal(model.items, known)
+    np.testing.assert_allclose(model.weights, reference[np.ix_(known, known)], rtol=1e-4, atol=1e-6)
+    scores = model.score(np.arange(30), data.matrix[:30])
+    x = data.matrix[:30].toarray()
+    np.testing.assert_allclose(scores[:, known], ((x > 0) @ reference)[:, known], rtol=1e-4, atol=1e-5)
+
+
+def test_ease_covers_only_the_most_active_items(families, data):
+    model = families["ease-capped"]
+    counts = np.diff(data.matrix.tocsc().indptr)
+    assert model.weights.shape == (40, 40) and len(model.items) == 40
+    order = np.lexsort((np.arange(len(counts)), -counts))  # most users first, ties by lower index
+    np.testing.assert_array_equal(model.items, np.sort(order[:40]))
+    uncovered = np.setdiff1d(np.flatnonzero(data.known_items), model.items)
+    assert len(uncovered) == data.known_items.sum() - 40
+    scores = model.score(np.arange(50), data.matrix[:50])
+    assert np.isneginf(scores[:, uncovered]).all() and np.isfinite(scores[:, model.items]).all()
+    assert model.item_similarity(int(uncovered[0])) is None
+    assert _category_hit_rate(model, data) >= 0.7  # the covered items still carry the taste
+
+
+def test_a_hybrid_scores_the_items_its_ease_part_leaves_out(families, data):
+    """As with cold items: content and popularity score what EASE does not cover."""
+    hybrid = families["hybrid-ease"]
+    uncovered = np.setdiff1d(np.arange(data.matrix.shape[1]), hybrid.cf.items)
+    users = np.arange(40)
+    scores = hybrid.score(users, data.matrix[users])
+    parts = hybrid.components(users, data.matrix[users])
+    assert np.isfinite(scores).all() and (parts["cf"][:, uncovered] == 0).all()
+    expected = hybrid.config.content_weight * parts["content"] + hybrid.config.popularity_weight * parts["popularity"]
+    np.testing.assert_allclose(scores[:, uncovered], expected[:, uncovered], rtol=1e-6)
+    assert (scores[:, uncovered] > 0).any()
+
+
+def test_ease_round_trips_with_its_covered_items(families, data, tmp_path):
+    model = families["ease-capped"]
+    model.save(tmp_path / "m")
+    with np.load(tmp_path / "m" / "model.npz", allow_pickle=False) as stored:
+        assert set(stored.files) == {"weights", "known_items", "items", "precision_diag"}
+    loaded = models.load(tmp_path / "m")
+    users = np.arange(20)
+    np.testing.assert_array_equal(loaded.score(users, data.matrix[users]), model.score(users, data.matrix[users]))
+    pairs = (np.array([0, 4, 9]), np.array([1, 2, 3, 11]))
+    np.testing.assert_array_equal(loaded.item_similarity_matrix(*pairs), model.item_similarity_matrix(*pairs))
+
+
+def test_an_ease_model_saved_before_max_items_still_loads(fitted, data, tmp_path):
+    """Old artifacts hold catalog x catalog weights and no covered-item list: same scores, same reasons."""
+    reference = _dense_ease(data, 20.0)
+    directory = tmp_path / "old"
+    directory.mkdir()
+    np.savez(directory / "model.npz", weights=reference, known_items=data.known_items)
+    (directory / "model.json").write_text(json.dumps({"name": "ease", "params": {"l2": 20.0, "binary": True}}))
+    old, new = models.load(directory), fitted["ease"]
+    users = np.arange(30)
+    np.testing.assert_allclose(old.score(users, data.matrix[users]), new.score(users, data.matrix[users]),
+                               rtol=1e-4, atol=1e-5)
+    items, others = np.array([0, 3, 8, 79]), np.array([1, 2, 5, 6, 78])
+    np.testing.assert_allclose(old.item_similarity_matrix(items, others), new.item_similarity_matrix(items, others),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(old.item_similarity_matrix(items, others), _per_item(old, items, others),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_ease_explains_a_pair_from_two_columns_and_cached_norms(families, monkeypatch):
+    """After the first call, explaining k x h pairs reads k + h weight columns: no catalog-wide norms."""
+    model = families["ease"]
+    read: list[int] = []
+    original = type(model)._item_vectors
+
+    def counted(self, positions):
+        read.append(len(positions))
+        return original(self, positions)
+
+    monkeypatch.setattr(type(model), "_item_vectors", counted)
+    model.item_similarity_matrix(np.array([0, 1]), np.array([2]))  # warms the norm cache
+    read.clear()
+    model.item_similarity_matrix(np.array([0, 4, 9, 12]), np.array([1, 2, 3]))
+    assert sum(read) == 7

@@ -53,6 +53,16 @@ class ItemKNNModel(Recommender):
         peak = row.max(initial=0.0)
         return row / peak if peak > 0 else row
 
+    def item_similarity_matrix(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """:meth:`item_similarity` for these pairs only: the items' sparse rows, never a dense catalog row."""
+        items, others = np.asarray(items, dtype=np.int64), np.asarray(others, dtype=np.int64)
+        rows = self.similarity[items]
+        peaks = np.maximum(rows.max(axis=1).toarray().ravel(), 0).astype(np.float32)
+        pairs = rows[:, others].toarray().astype(np.float32, copy=False)
+        out = np.divide(pairs, peaks[:, None], out=pairs.copy(), where=peaks[:, None] > 0)
+        out[~self.known_items[items]] = np.nan
+        return out
+
     def _arrays(self) -> dict[str, np.ndarray]:
         return {**csr_arrays("similarity", self.similarity), "known_items": self.known_items}
 

@@ -101,6 +101,10 @@ class PopularityModel(Recommender):
                 scores[segments == segment] = shrunk
         return scores
 
+    def item_similarity_matrix(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """No notion of item similarity: all NaN, without asking item by item."""
+        return np.full((len(items), len(others)), np.nan, dtype=np.float32)
+
     def _arrays(self) -> dict[str, np.ndarray]:
         return {
             "global_weight": self.global_weight, "segment_weight": self.segment_weight,
