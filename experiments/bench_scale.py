@@ -77,7 +77,7 @@ def train_both(home_root: Path, master: str, factors: int, iterations: int, seed
 
     home = EngineHome.at(home_root)
     config = TrainConfig(model="als", params={"factors": factors, "iterations": iterations})
-    options = TrainOptions(config=config, seed=seed, promote=False)
+    options = TrainOptions(config=config, seed=seed, promote=False, tune=False)
     results: dict[str, Any] = {"params": config.resolved_params}
     for name, run in (("implicit", lambda: train(home, options)),
                       ("spark", lambda: train_spark(home, options, SparkOptions(

@@ -38,7 +38,7 @@ from recsys.bundle import ModelBundle
 from recsys.delivery import DeliveryEngine
 from recsys.models.base import Recommender
 from recsys.settings import EngineSettings
-from training.config import CONFIG_DIR, TrainConfig, load_config
+from training.config import TrainConfig, load_config, shipped_recipe
 from training.evaluate import evaluate
 
 log = logging.getLogger(__name__)
@@ -89,14 +89,14 @@ def settings_for(cfg: TrainConfig, dataset: str) -> EngineSettings:
 
 
 def run_benchmark(key: str, *, seed: int = 0, model_names: tuple[str, ...] = MODELS,
-                  config_dir: Path = CONFIG_DIR) -> BenchmarkRun:
+                  config_dir: Path | None = None) -> BenchmarkRun:
     """Fit and evaluate ``model_names`` on data set ``key``."""
     benchmark = BENCHMARKS[key]
     frames = benchmark.load()
     splits: dict[str, Split] = {}
     results = []
     for name in model_names:
-        cfg = load_config(config_dir / f"{name}.toml")
+        cfg = load_config(config_dir / f"{name}.toml" if config_dir else shipped_recipe(name))
         settings = settings_for(cfg, key)
         split = _split_for(benchmark, frames, settings, seed, splits)
         results.append(_run_model(key, name, cfg, settings, split))
@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="all", choices=[*BENCHMARKS, "all"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of models")
-    parser.add_argument("--configs", type=Path, default=CONFIG_DIR, help="folder of <model>.toml configs")
+    parser.add_argument("--configs", type=Path, default=None, help="folder of <model>.toml configs "
+                                                                   "(default: the shipped recipes)")
     parser.add_argument("--mlflow", metavar="HOME", help="also log every result to this engine home's MLflow")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     args = parser.parse_args(argv)

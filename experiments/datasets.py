@@ -35,14 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 
 from features import schemas
-from features.dataset import Split, StoreFrames, build_dataset
-from features.events import clean_events, positive_events
-from recsys.confidence import to_confidence
-from recsys.contract import ACTIONS, HIGH_RATING, MAX_ID_LENGTH, POSITIVE_ACTIONS
-from recsys.models.base import TrainingData
+from features.dataset import StoreFrames, build_dataset, truth_pairs_of
+from features.splits import Split, TruthPairs, draw_holdout, holdout_splits
+from recsys.contract import ACTIONS, HIGH_RATING, MAX_ID_LENGTH
 from recsys.settings import EngineSettings
 
 log = logging.getLogger(__name__)
@@ -201,73 +198,27 @@ def test_days_for_fraction(frames: ContractFrames, fraction: float) -> float:
 
 def holdout_split(frames: ContractFrames, settings: EngineSettings, *, test_fraction: float = HOLDOUT_FRACTION,
                   min_positives: int = HOLDOUT_MIN_POSITIVES, latest: bool = False, seed: int = 0) -> Split:
-    """Per-user holdout: seeded random (data without times) or each user's latest items.
+    """Per-user holdout (:mod:`features.splits`): seeded random, or each user's latest items.
 
     Every user with at least ``min_positives`` positive items (as the engine defines a
     positive outcome) gives ``max(1, round(test_fraction * n))`` of them to the test truth:
     drawn uniformly with ``seed``, or with ``latest`` the ones they reached last (ties broken
-    with ``seed``). All their events on those items leave training. The
-    result has the shape of the time split (same axes for train and truth, cold items =
-    items without a training interaction), so :func:`training.evaluate.evaluate` scores it
-    unchanged. ``cutoff`` is the last interaction time: nothing in the catalog has ended.
+    with ``seed``). All their events on those items leave training. ``cutoff`` is the last
+    interaction time: nothing in the catalog has ended.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     store = frames.store_frames()
     dataset = build_dataset(store, settings, test_days=None, seed=seed)
     full = dataset.full
-    positives, last_seen = _positive_pairs(store, full)
-    held = _draw_holdout(positives, full.matrix.shape[0], test_fraction, min_positives, seed,
-                         recency=last_seen if latest else None)
-    shape = full.matrix.shape
-    keys = held[:, 0] * shape[1] + held[:, 1]
-    weights = _without_pairs(full.weights, keys)
-    train = TrainingData(matrix=to_confidence(weights, settings.confidence, settings.alpha), weights=weights,
-                         catalog=full.catalog, users=full.users, seed=seed)
-    truth = sp.csr_matrix((np.ones(len(held), np.float32), (held[:, 0], held[:, 1])), shape=shape)
-    log.info("holdout: %d users, %d test positives, %d train pairs", len(np.unique(held[:, 0])), truth.nnz,
-             weights.nnz)
+    found = truth_pairs_of(store, full)
+    recency = found.last_seen if latest else np.zeros(len(found.pairs), dtype=np.int64)
+    truth = TruthPairs(found.pairs, recency, "positive")
+    draw = draw_holdout(truth, full.matrix.shape[0], seed=seed, fraction=test_fraction, min_items=min_positives,
+                        validation=False)
     assert dataset.data_end is not None
-    return Split(train=train, truth=truth, cutoff=dataset.data_end, cold_items=~train.known_items)
-
-
-def _positive_pairs(store: StoreFrames, full: TrainingData) -> tuple[np.ndarray, np.ndarray]:
-    """(user row, item column) pairs with a positive event, as int64 (n, 2) sorted by user,
-    and the time of each pair's last positive event (epoch microseconds)."""
-    user_axis = pl.LazyFrame({"user_id": full.users.users.ids}).with_row_index("u")
-    item_axis = pl.LazyFrame({"item_id": full.catalog.items.ids}).with_row_index("i")
-    pairs = (
-        positive_events(clean_events(store.interactions, store.items), POSITIVE_ACTIONS, HIGH_RATING)
-        .group_by("user_id", "item_id").agg(pl.col("ts").max())
-        .join(user_axis, on="user_id").join(item_axis, on="item_id")
-        .select(pl.col("u").cast(pl.Int64), pl.col("i").cast(pl.Int64), pl.col("ts").dt.epoch("us"))
-        .sort("u", "i")
-        .collect()
-    )
-    return pairs.select("u", "i").to_numpy(), pairs["ts"].to_numpy()
-
-
-def _draw_holdout(pairs: np.ndarray, n_users: int, fraction: float, min_positives: int, seed: int,
-                  recency: np.ndarray | None = None) -> np.ndarray:
-    """The held-out rows of ``pairs`` (sorted by user): per user, a seeded random share, or
-    with ``recency`` the share with the highest values (latest first, random among ties)."""
-    users = pairs[:, 0]
-    per_user = np.bincount(users, minlength=n_users)
-    n_test = np.where(per_user >= min_positives, np.maximum(1, np.rint(fraction * per_user)), 0).astype(np.int64)
-    tiebreak = np.random.default_rng(seed).random(len(pairs))
-    keys = (tiebreak, users) if recency is None else (tiebreak, -recency, users)
-    order = np.lexsort(keys)
-    starts = np.concatenate([[0], np.cumsum(per_user)[:-1]])
-    rank = np.empty(len(pairs), dtype=np.int64)
-    rank[order] = np.arange(len(pairs)) - starts[users[order]]
-    return pairs[rank < n_test[users]]
-
-
-def _without_pairs(matrix: sp.csr_matrix, keys: np.ndarray) -> sp.csr_matrix:
-    """``matrix`` with the entries at ``row * n_cols + col`` in ``keys`` removed."""
-    coo = matrix.tocoo()
-    kept = ~np.isin(coo.row.astype(np.int64) * matrix.shape[1] + coo.col, keys)
-    return sp.csr_matrix((coo.data[kept], (coo.row[kept], coo.col[kept])), shape=matrix.shape, dtype=np.float32)
+    split, _ = holdout_splits(full, truth, draw, settings, dataset.data_end)
+    log.info("holdout: %d users, %d test positives, %d train pairs", split.eval_users, split.truth.nnz,
+             split.train.weights.nnz)
+    return split
 
 
 # --------------------------------------------------------------------------- registry

@@ -3,7 +3,7 @@
 clean: drop interactions on hidden items and exact duplicates;
 weight: the configured action weight (``rate``: value x rate_weight_per_star);
 decay: weight · 0.5^(age / half_life), age measured back from a reference time, so last
-week's reservation counts more than one from two months ago.
+week's reservation counts more than one from two months ago (half-life 0: no decay).
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ and the item escapes the already-engaged filter."""
 
 
 def decayed_weight(reference: datetime, half_life_days: float) -> pl.Expr:
-    """``weight · 0.5^(age_days / half_life)``; events after the reference are not boosted."""
+    """``weight · 0.5^(age_days / half_life)``; events after the reference are not boosted.
+    A half-life of 0 means no decay (a yearly export, ratings collected over decades)."""
+    if half_life_days == 0:
+        return pl.col("weight")
     age_days = (pl.lit(reference, dtype=pl.Datetime("us", "UTC")) - pl.col("ts")).dt.total_seconds() / 86_400.0
     decayed = pl.col("weight") * pl.lit(0.5).pow(age_days.clip(lower_bound=0.0) / half_life_days)
     return (

@@ -126,8 +126,11 @@ def action_weight(settings: EngineSettings) -> Column:
 def decayed_weight(reference: datetime, half_life_days: float) -> Column:
     """``weight · 0.5^(age_days / half_life)``; events after the reference are not boosted.
 
-    The age is counted in whole seconds, truncated, as the polars definition does.
+    The age is counted in whole seconds, truncated, as the polars definition does; a half-life
+    of 0 means no decay, as there.
     """
+    if half_life_days == 0:
+        return F.col("weight").alias("weight")
     age_micros = F.lit(to_micros(reference)) - F.unix_micros(F.col("ts"))
     age_seconds = F.floor(age_micros / MICROS_PER_SECOND)  # negative ages are clipped below anyway
     age_days = F.greatest(age_seconds / SECONDS_PER_DAY, F.lit(0.0))

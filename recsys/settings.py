@@ -44,7 +44,7 @@ class EngineSettings(BaseSettings):
 
     action_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS))
     rate_weight_per_star: float = Field(1.0, ge=0, description="weight of `rate` = value x this")
-    half_life_days: float = Field(30.0, gt=0, description="age at which an event's weight halves")
+    half_life_days: float = Field(30.0, ge=0, description="age at which an event's weight halves; 0 = no decay")
     confidence: Literal["log", "linear", "bm25"] = "log"
     alpha: float = Field(2.0, gt=0, description="confidence = 1 + alpha * log1p(w) (log transform)")
     timezone: str = "Asia/Shanghai"

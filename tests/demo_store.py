@@ -163,8 +163,8 @@ def cli_json(result: Result) -> dict[str, Any]:
 
 
 def train_cli(root: Path, *options: str) -> dict[str, Any]:
-    """``recsys train --home ROOT --json OPTIONS...`` and its summary."""
-    return cli_json(run_cli("train", "--home", str(root), "--json", *options))
+    """``recsys train --home ROOT --json --no-tune OPTIONS...`` (the configured recipe as given) and its summary."""
+    return cli_json(run_cli("train", "--home", str(root), "--json", "--no-tune", *options))
 
 
 # --------------------------------------------------------------------------- a trained home

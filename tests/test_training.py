@@ -263,7 +263,7 @@ def test_a_fit_that_raises_fails_the_command_and_keeps_the_champion(copied: Engi
 
     monkeypatch.setattr(recsys.models, "create", create)
     runs_before, promoted_before = len(runs_of(copied)), _promoted_runs(copied)
-    result = run_cli("train", "--home", str(copied.root), "--model", "hybrid", "--json")
+    result = run_cli("train", "--home", str(copied.root), "--model", "hybrid", "--json", "--no-tune")
     assert result.exit_code != 0
     assert isinstance(result.exception, RuntimeError) and "fit exploded" in str(result.exception)
     assert champion_of(copied) == "1"
@@ -279,7 +279,7 @@ def test_a_failure_while_logging_leaves_the_run_failed(copied: EngineHome, monke
     monkeypatch.setattr(registry, "log_bundle", broken_log)
     promoted_before = _promoted_runs(copied)
     with pytest.raises(OSError, match="artifact store unavailable"):
-        train(copied, TrainOptions(config=load_config(model="hybrid")))
+        train(copied, TrainOptions(config=load_config(model="hybrid"), tune=False))
     assert champion_of(copied) == "1"
     assert sorted(versions_of(copied)) == ["1", "2"]
     newest = runs_of(copied)[0]
@@ -298,7 +298,7 @@ def test_a_failure_after_registration_never_moves_the_champion(copied: EngineHom
 
     monkeypatch.setattr(gate, "decide", broken_gate)
     with pytest.raises(RuntimeError, match="gate crashed"):
-        train(copied, TrainOptions(config=load_config(model="popularity")))
+        train(copied, TrainOptions(config=load_config(model="popularity"), tune=False))
     assert champion_of(copied) == "1"
     # the candidate was registered before the crash; only the candidate alias moved
     assert versions_of(copied) == {"1": ["champion"], "2": [], "3": ["candidate"]}
@@ -311,7 +311,7 @@ def test_a_corrupt_config_is_refused_before_any_work(copied: EngineHome, tmp_pat
     config = tmp_path / "broken.toml"
     config.write_text('model = "hybrid"\n[params\ncf_weight = ', encoding="utf-8")
     runs_before = len(runs_of(copied))
-    result = run_cli("train", "--home", str(copied.root), "--config", str(config), "--json")
+    result = run_cli("train", "--home", str(copied.root), "--config", str(config), "--json", "--no-tune")
     assert result.exit_code == 2, describe(result)
     assert "cannot read config" in result.stderr
     assert result.stdout.strip() == ""
@@ -322,7 +322,7 @@ def test_a_corrupt_config_is_refused_before_any_work(copied: EngineHome, tmp_pat
 def test_invalid_params_are_refused_before_any_work(copied: EngineHome, tmp_path: Path) -> None:
     config = tmp_path / "bad_params.toml"
     config.write_text('model = "hybrid"\n[params]\ncf_weight = -1.0\n', encoding="utf-8")
-    result = run_cli("train", "--home", str(copied.root), "--config", str(config), "--json")
+    result = run_cli("train", "--home", str(copied.root), "--config", str(config), "--json", "--no-tune")
     assert result.exit_code == 2, describe(result)
     assert "cf_weight" in result.stderr
     assert champion_of(copied) == "1"

@@ -1,6 +1,7 @@
 """Training configuration: which model, its hyperparameters, and the engine settings.
 
-Configs are TOML files (``experiments/configs/<model>.toml``)::
+Configs are TOML files; the shipped recipes are package data (``experiments/configs/<name>.toml``,
+read with :mod:`importlib.resources`, so an installed wheel has them too)::
 
     model = "hybrid"
     [params]          # the model's typed config (see recsys.models)
@@ -16,13 +17,33 @@ import hashlib
 import json
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 from recsys import models
 from recsys.settings import EngineSettings
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+RECIPES_PACKAGE = "experiments"
+RECIPES_FOLDER = "configs"
+DEFAULT_RECIPE = "hybrid"
+"""The recipe ``recsys train`` starts from when no config or model is named."""
+
+
+def shipped_recipes() -> dict[str, Traversable]:
+    """Every recipe the package ships, by name (the file stem)."""
+    folder = resources.files(RECIPES_PACKAGE) / RECIPES_FOLDER
+    return {entry.name.removesuffix(".toml"): entry for entry in folder.iterdir() if entry.name.endswith(".toml")}
+
+
+def shipped_recipe(name: str) -> Traversable:
+    """The shipped recipe ``name``; a missing one is an error, never a silent fallback to defaults."""
+    recipes = shipped_recipes()
+    if name not in recipes:
+        raise ValueError(f"no shipped recipe named {name!r} (shipped: {', '.join(sorted(recipes)) or 'none'}); "
+                         "is the package installed with its data files?")
+    return recipes[name]
 
 
 @dataclass(frozen=True)
@@ -49,17 +70,13 @@ class TrainConfig:
         return {"model": self.model, "params": self.resolved_params, "engine": self.engine.model_dump()}
 
 
-def load_config(path: Path | None = None, model: str | None = None) -> TrainConfig:
-    """The config at ``path``; else the shipped config of ``model`` (default ``hybrid``)."""
+def load_config(path: Path | Traversable | None = None, model: str | None = None) -> TrainConfig:
+    """The config at ``path``; else the shipped recipe of ``model`` (default :data:`DEFAULT_RECIPE`)."""
     if path is None:
-        name = model or "hybrid"
-        path = CONFIG_DIR / f"{name}.toml"
-        if not path.exists():
-            return TrainConfig(model=name)
+        path = shipped_recipe(model or DEFAULT_RECIPE)
     try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"cannot read config {path}: {exc}") from exc
     chosen = model or raw.get("model", "hybrid")
     if model and raw.get("model") not in (None, model):

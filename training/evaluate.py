@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from features.dataset import Split
+from features.splits import Split
 from recsys import metrics
 from recsys.bundle import ModelBundle
 from recsys.delivery import DeliveryEngine
@@ -42,8 +42,9 @@ class Evaluation:
         return self.metrics.get("rural_urban_ndcg_ratio", float("nan"))
 
 
-def evaluate(model: Recommender, split: Split, settings: EngineSettings) -> Evaluation:
-    """Score ``model`` (fitted on ``split.train``) against ``split.truth``."""
+def evaluate(model: Recommender, split: Split, settings: EngineSettings, *, segments: bool = True) -> Evaluation:
+    """Score ``model`` (fitted on ``split.train``) against ``split.truth``; without ``segments``
+    only the accuracy and catalogue metrics (what a recipe search compares)."""
     train = split.train
     eval_rows = np.flatnonzero(np.diff(split.truth.indptr) > 0)
     if len(eval_rows) == 0:
@@ -56,11 +57,13 @@ def evaluate(model: Recommender, split: Split, settings: EngineSettings) -> Eval
         recs, truth, K_VALUES, item_counts=item_users, n_users_total=train.matrix.shape[0],
         item_category=train.catalog.category, cold_items_mask=split.cold_items,
     )
+    if not segments:
+        return Evaluation(metrics=result, n_users=len(eval_rows))
     per_user = metrics.per_user_ndcg(recs, truth, 10)
-    segments = _segment_rows(per_user, train.users, eval_rows)
-    result.update(_segment_metrics(segments))
+    rows = _segment_rows(per_user, train.users, eval_rows)
+    result.update(_segment_metrics(rows))
     result.update(_rural_slots(recs, split))
-    return Evaluation(metrics=result, segments=segments, n_users=len(eval_rows))
+    return Evaluation(metrics=result, segments=rows, n_users=len(eval_rows))
 
 
 def _segment_rows(per_user: np.ndarray, users, rows: np.ndarray) -> list[dict[str, object]]:

@@ -1,4 +1,10 @@
-"""The weekly retrain: features -> fit -> evaluate -> refit -> MLflow -> register -> gate.
+"""The weekly retrain: features -> tune -> fit -> evaluate -> refit -> MLflow -> register -> gate.
+
+By default the job searches for its recipe (:mod:`training.tune`) on a validation cut of the
+training period, starting from last week's winner; the winner is refitted on train +
+validation and scored once on the test part, which the search never saw. ``tune=False``
+trains the configured recipe as given. Either way a store whose time windows cannot judge a
+model is split per user instead (:mod:`features.splits`), and the run says so.
 
 The champion alias moves only at the very end, after every artifact is logged and the
 gate passed; any failure before that leaves the MLflow run FAILED and the champion where
@@ -13,24 +19,28 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
 
-from features.dataset import Dataset, Split, load_dataset
+from features.dataset import Dataset, StoreFrames, build_dataset
 from features.ingest import ingest
+from features.splits import Split
 from recsys import models
 from recsys.ann import build_for as build_ann_index
 from recsys.bundle import ModelBundle
 from recsys.candidates import DEFAULT_MAX_USERS, save_with_candidates
 from recsys.home import EngineHome
 from recsys.models.base import Recommender
+from recsys.settings import EngineSettings
 from training import gate, registry
 from training.config import TrainConfig, config_from_dict
 from training.evaluate import Evaluation, evaluate
+from training.search_space import FAMILIES
+from training.tune import DatasetCache, TuneOptions, TuningResult, tune
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,13 @@ class TrainOptions:
     report: bool = False
     candidate_users: int = DEFAULT_MAX_USERS
     """Users given precomputed serving lists, the most active first (:mod:`recsys.candidates`)."""
+    tune: bool = True
+    """Search for the recipe (``config`` is its first candidate); False trains ``config`` as given."""
+    tune_budget: float | None = None
+    """Wall-time budget of the search in seconds; None = sized to the store (:func:`training.tune.auto_budget`)."""
+    tune_trials: int | None = None
+    families: tuple[str, ...] = FAMILIES
+    """Model families the search may pick (``recsys train --model X`` searches X only)."""
 
 
 @dataclass
@@ -65,6 +82,11 @@ class TrainResult:
     timings: dict[str, float] = field(default_factory=dict)
     report_dir: str | None = None
     engine: str = "implicit"
+    split: str = ""
+    """How the data was split, in a sentence."""
+    tuning: dict[str, Any] | None = None
+    """The search's summary (:meth:`training.tune.TuningResult.summary`), None with ``tune=False``."""
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         key = {k: self.metrics.get(k) for k in KEY_METRICS}
@@ -74,7 +96,7 @@ class TrainResult:
             "baseline_ndcg@10": self.baseline.get("ndcg@10"),
             "lift_over_popularity": self.metrics.get("lift_over_popularity.ndcg@10"),
             "seconds": round(self.seconds, 2), "timings": self.timings, "report_dir": self.report_dir,
-            "engine": self.engine,
+            "engine": self.engine, "split": self.split, "tuning": self.tuning, "notes": self.notes,
         }
 
 
@@ -98,11 +120,57 @@ def train(home: EngineHome, options: TrainOptions, progress: Progress | None = N
     clock = Stopwatch(progress)
     cfg = options.config
     clock.timed("ingest pending API interactions", lambda: ingest_incoming(home))
-    data: Dataset = clock.timed("build features", lambda: load_dataset(home, cfg.engine, test_days=options.test_days,
-                                                                         seed=options.seed))
+    frames = clock.timed("read the store", lambda: StoreFrames.read(home).collected())
+    first: Dataset = clock.timed("build features", lambda: build_dataset(
+        frames, cfg.engine, test_days=options.test_days, seed=options.seed, validation=options.tune,
+        protocol="auto"))
+    cache = DatasetCache(frames, options.test_days, options.seed, first, cfg.engine) if options.tune else None
+    tuning = None
+    if cache is not None:
+        search = TuneOptions(budget_seconds=options.tune_budget, trials=options.tune_trials, seed=options.seed,
+                             families=options.families, start_from=previous_recipes(home))
+        tuning = clock.timed("tune", lambda: tune(cache, cfg, search, progress=clock.say))
+        cfg = tuning.best
+        options = replace(options, config=cfg)
+    data = cache.get(cfg.engine) if cache is not None else first
     split = require_split(data)
     model = clock.timed(f"fit {cfg.model} on train", lambda: models.create(cfg.model, cfg.params).fit(split.train))
-    return evaluate_and_register(home, options, data, model, lambda: model.refit(data.full), clock)
+
+    def split_for(settings: EngineSettings) -> Split:
+        """The same split under another recipe's weighting (the gate refits the champion's recipe on it)."""
+        if cache is not None:
+            return require_split(cache.get(settings))
+        if _same_weighting(settings, cfg.engine):
+            return split
+        protocol = "time" if data.protocol == "time" else "holdout"
+        return require_split(build_dataset(frames, settings, test_days=options.test_days, seed=options.seed,
+                                           protocol=protocol))
+
+    return evaluate_and_register(home, options, data, model, lambda: model.refit(data.full), clock,
+                                 tuning=tuning, split_for=split_for)
+
+
+def _same_weighting(a: EngineSettings, b: EngineSettings) -> bool:
+    fields = {"action_weights", "rate_weight_per_star", "half_life_days", "confidence", "alpha"}
+    return a.model_dump(include=fields) == b.model_dump(include=fields)
+
+
+def previous_recipes(home: EngineHome) -> list[TrainConfig]:
+    """Last week's winners, to be tried first: the champion's recipe, then the newest version's."""
+    try:
+        client = registry.connect(home)
+        found = [registry.champion(client)]
+        newest = registry.versions(client)
+        found.append(max(newest, key=lambda v: int(v.version)) if newest else None)
+    except Exception as exc:  # a registry outage must not stop the search; it starts from the defaults
+        log.warning("cannot read previous recipes from the registry: %s", exc)
+        return []
+    recipes = []
+    for version in found:
+        recipe = _recipe_of(client, version) if version is not None else None
+        if recipe is not None and recipe.model in models.MODELS:
+            recipes.append(recipe)
+    return recipes
 
 
 def require_split(data: Dataset) -> Split:
@@ -113,12 +181,15 @@ def require_split(data: Dataset) -> Split:
 
 def evaluate_and_register(home: EngineHome, options: TrainOptions, data: Dataset, model: Recommender,
                           refit: Callable[[], Recommender], clock: Stopwatch, *, engine: str = "implicit",
-                          engine_params: dict[str, Any] | None = None) -> TrainResult:
+                          engine_params: dict[str, Any] | None = None, tuning: TuningResult | None = None,
+                          split_for: Callable[[EngineSettings], Split] | None = None) -> TrainResult:
     """The steps after the fit on train, shared by every training engine.
 
     ``model`` is fitted on ``data.split.train``; ``refit()`` returns it fitted on all data.
     ``engine`` names the fitting engine (tagged on the version, and part of "the same
-    recipe" for the gate); ``engine_params`` are logged with the run.
+    recipe" for the gate); ``engine_params`` are logged with the run; ``tuning`` is the
+    search that chose the recipe, logged as nested trial runs. ``split_for(settings)`` gives
+    the same split under another weighting, for refitting the champion's recipe.
     """
     cfg = options.config
     split = require_split(data)
@@ -132,17 +203,21 @@ def evaluate_and_register(home: EngineHome, options: TrainOptions, data: Dataset
     champion_before = registry.champion(client)
     with mlflow.start_run(run_name=f"{cfg.model}-{datetime.now(UTC):%Y%m%dT%H%M%S}") as run:
         _log_run(cfg, options, data, metrics, baseline, evaluation)
+        mlflow.set_tag("split", data.note)
         mlflow.log_params({k: str(v)[:500] for k, v in {"engine": engine, **(engine_params or {})}.items()})
+        if tuning is not None:
+            clock.timed("log trials", lambda: _log_tuning(tuning))
         with tempfile.TemporaryDirectory(prefix="recsys-train-") as tmp:
             bundle_dir = clock.timed("save bundle", lambda: _save_bundle(model, data, options, metrics, split,
                                                                          Path(tmp)))
             model_uri = clock.timed("log model", lambda: registry.log_bundle(bundle_dir))
         tags = {"config_hash": cfg.config_hash(), "ndcg_at_10": f"{evaluation.ndcg10:.6f}",
                 "rural_urban_ndcg_ratio": f"{evaluation.rural_urban_ratio:.6f}",
-                "test_cutoff": split.cutoff.isoformat(), "model": cfg.model, "engine": engine}
+                "test_cutoff": split.cutoff.isoformat(), "model": cfg.model, "engine": engine,
+                "split": data.protocol}
         version = clock.timed("register candidate", lambda: registry.register(client, model_uri, tags))
-        champion_ndcg = clock.timed("re-evaluate champion", lambda: _champion_ndcg(client, champion_before, cfg,
-                                                                                   evaluation, split, engine))
+        champion_ndcg = clock.timed("re-evaluate champion", lambda: _champion_ndcg(
+            client, champion_before, cfg, evaluation, split_for or (lambda _settings: split), engine))
         decision = gate.decide(evaluation.ndcg10, evaluation.rural_urban_ratio, champion_ndcg,
                                tolerance=options.tolerance, rural_floor=options.rural_floor)
         mlflow.log_dict(decision.to_dict(), "gate.json")
@@ -162,7 +237,41 @@ def evaluate_and_register(home: EngineHome, options: TrainOptions, data: Dataset
         version=version, run_id=run.info.run_id, model=cfg.model, metrics=metrics, baseline=baseline.metrics,
         promoted=promoted, gate=decision.to_dict(), champion=champion_now.version if champion_now else None,
         seconds=time.perf_counter() - clock.started, timings=clock.timings, report_dir=report_dir, engine=engine,
+        split=data.note, tuning=tuning.summary() if tuning else None, notes=_notes(cfg, tuning, metrics),
     )
+
+
+def _notes(cfg: TrainConfig, tuning: TuningResult | None, metrics: dict[str, float]) -> list[str]:
+    """Plain sentences for the operator about what the run chose and why."""
+    notes = []
+    if cfg.model == "popularity":
+        notes.append("no personalised recipe beat popularity on validation: serving popularity"
+                     if tuning else "serving popularity (the configured recipe)")
+    lift = metrics.get("lift_over_popularity.ndcg@10")
+    if lift is not None and math.isfinite(lift) and lift < 1.0 and cfg.model != "popularity":
+        notes.append(f"on the test part the chosen recipe reached {lift:.2f}x the popularity baseline")
+    return notes
+
+
+def _log_tuning(tuning: TuningResult) -> None:
+    """The search as nested runs under the training run (one per trial) plus a summary."""
+    summary = tuning.summary()
+    mlflow.log_dict({"summary": summary, "trials": [t.to_dict() for t in tuning.trials],
+                     "best": tuning.best.to_dict()}, "tuning.json")
+    mlflow.log_params({"tune.trials": summary["trials"], "tune.budget_seconds": summary["budget_seconds"],
+                       "tune.best_origin": summary["best_origin"]})
+    mlflow.log_metrics(_mlflow_safe({"tune.seconds": tuning.seconds, "tune.best_validation_ndcg@10": tuning.best_ndcg10,
+                                     "tune.configured_validation_ndcg@10": tuning.configured_ndcg10 or float("nan"),
+                                     "tune.validation_users": float(tuning.validation_users)}))
+    for trial in tuning.trials:
+        with mlflow.start_run(run_name=f"trial-{trial.number}-{trial.recipe.model}", nested=True):
+            mlflow.set_tags({"trial.state": trial.state, "trial.origin": trial.origin})
+            params = {"model": trial.recipe.model, **{f"params.{k}": v for k, v in _flat(trial.recipe.params).items()},
+                      **{f"engine.{k}": v for k, v in trial.recipe.engine.model_dump(
+                          include={"half_life_days", "confidence", "alpha"}).items()}}
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_metrics(_mlflow_safe({"validation_ndcg@10": trial.ndcg10, "validation_recall@20": trial.recall20,
+                                             "fit_seconds": trial.seconds}))
 
 
 LOCK_WAIT_SECONDS = 600
@@ -192,8 +301,8 @@ def _lifts(metrics: dict[str, float], baseline: dict[str, float]) -> dict[str, f
     return out
 
 
-def _champion_ndcg(client, champion: registry.VersionInfo | None, cfg: TrainConfig,
-                   evaluation: Evaluation, split: Split, engine: str = "implicit") -> float | None:
+def _champion_ndcg(client, champion: registry.VersionInfo | None, cfg: TrainConfig, evaluation: Evaluation,
+                   split_for: Callable[[EngineSettings], Split], engine: str = "implicit") -> float | None:
     """The champion's NDCG@10 on this run's test window.
 
     The champion's recipe is refitted on this run's train split and evaluated on the same
@@ -212,6 +321,7 @@ def _champion_ndcg(client, champion: registry.VersionInfo | None, cfg: TrainConf
         log.warning("champion %s has no recipe; comparing with its recorded NDCG@10", champion.version)
         recorded = champion.tags.get("ndcg_at_10")
         return float(recorded) if recorded else None
+    split = split_for(recipe.engine)
     champion_model = models.create(recipe.model, recipe.params).fit(split.train)
     return evaluate(champion_model, split, recipe.engine).ndcg10
 
@@ -227,7 +337,7 @@ def _recipe_of(client, champion: registry.VersionInfo) -> TrainConfig | None:
 
 def _log_run(cfg: TrainConfig, options: TrainOptions, data: Dataset, metrics: dict[str, float],
              baseline: Evaluation, evaluation: Evaluation) -> None:
-    params = {"model": cfg.model, "test_days": options.test_days, "seed": options.seed,
+    params = {"model": cfg.model, "test_days": options.test_days, "seed": options.seed, "split": data.protocol,
               "config_hash": cfg.config_hash(), "n_users": data.full.matrix.shape[0],
               "n_items": data.full.matrix.shape[1], "n_events": data.n_events,
               "data_end": str(data.data_end)}

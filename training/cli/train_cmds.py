@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from recsys.candidates import DEFAULT_MAX_USERS
@@ -49,20 +50,30 @@ def train_cmd(
     candidate_users: Annotated[int, typer.Option(
         "--candidate-users", min=0, help="Users given precomputed serving lists, the most active first; the "
                                          "others are scored per request")] = DEFAULT_MAX_USERS,
+    no_tune: Annotated[bool, typer.Option("--no-tune", help="Train the configured recipe as given (no search)")
+                       ] = False,
+    tune_budget: Annotated[float | None, typer.Option(
+        "--tune-budget", min=1, help="Seconds the recipe search may take (default: sized to the store, "
+                                     "60 s + 0.4 ms per interaction, at most 40 min)")] = None,
+    trials: Annotated[int | None, typer.Option("--trials", min=1, help="At most this many search trials")] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Fit, evaluate on a time split, refit on all data, register, and gate promotion."""
+    """Search for the best recipe on a validation cut (unless --no-tune), fit it, evaluate it once on the
+    test part, refit on all data, register, and gate promotion."""
     from training.config import load_config
+    from training.search_space import FAMILIES
     from training.train import TrainOptions, train
 
     if spark_master is not None and engine is not Engine.spark:
         raise fail("--spark-master needs --engine spark")
+    tune = not no_tune and engine is Engine.implicit  # the search fits with implicit; Spark trains as configured
     with user_errors():
         cfg = load_config(config, model.value if model else None)
         options = TrainOptions(config=cfg, test_days=test_days, seed=seed, promote=not no_promote,
                                tolerance=tolerance, rural_floor=rural_floor, report=report,
-                               candidate_users=candidate_users)
+                               candidate_users=candidate_users, tune=tune, tune_budget=tune_budget,
+                               tune_trials=trials, families=(model.value,) if model else FAMILIES)
         run = train if engine is Engine.implicit else _spark_trainer(spark_master)
         with stderr_console().status("training") as status:
             result = run(home_of(home), options, progress=lambda step: status.update(f"[bold]{step}"))
@@ -81,6 +92,7 @@ def _spark_trainer(master: str | None) -> Callable[..., Any]:
 
 
 def _render_train(summary: dict[str, Any]) -> None:
+    _render_tuning(summary.get("tuning"))
     table = Table(title=f"recsys train: {summary['model']} -> version {summary['version']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -90,9 +102,25 @@ def _render_train(summary: dict[str, Any]) -> None:
     lift = summary.get("lift_over_popularity")
     table.add_row("lift over popularity", "-" if lift is None else f"{lift:.2f}x")
     out.print(table)
+    out.print(f"split: {summary['split']}", markup=False)
+    for note in summary.get("notes", []):
+        out.print(f"[yellow]note:[/yellow] {escape(note)}")
     verdict = "[green]promoted to champion[/green]" if summary["promoted"] else "[yellow]not promoted[/yellow]"
     out.print(f"{verdict} (champion: {summary['champion']}); " + "; ".join(summary["gate"]["reasons"]))
     out.print(f"run {summary['run_id']} in {summary['seconds']} s")
+
+
+def _render_tuning(tuning: dict[str, Any] | None) -> None:
+    if not tuning:
+        out.print("tuning: off (--no-tune or --engine spark): the configured recipe as given")
+        return
+    configured = tuning["configured_validation_ndcg@10"]
+    versus = "" if configured is None else (f" vs configured {configured:.4f}"
+                                            f" ({tuning['gain_over_configured'] or 0:.2f}x)")
+    out.print(f"tuning: {tuning['completed']}/{tuning['trials']} trials in {tuning['seconds']:.0f} s "
+              f"(budget {tuning['budget_seconds']:.0f} s, {tuning['validation_users']} validation users); best "
+              f"{tuning['best_model']} ({tuning['best_origin']}) validation NDCG@10 "
+              f"{tuning['best_validation_ndcg@10'] or 0:.4f}{versus}", markup=False)
 
 
 def promote_cmd(version: Annotated[str, typer.Option("--version", help="Version to make champion")],

@@ -1,0 +1,289 @@
+"""The recipe search every ``recsys train`` runs by default: the engine finds its own recipe.
+
+A city's logs look like nobody's benchmark, so no fixed recipe is right for all of them. Each
+run searches, with Optuna's seeded TPE sampler, over model families and their
+hyperparameters (:mod:`training.search_space`) and scores every trial on the **validation**
+cut of the training period (train | validation | test, :mod:`features.splits`). The test
+window is never read here: the job refits the winner on train + validation and scores it
+once on test, so the reported metrics stay honest.
+
+The first trials are known recipes, cheapest first: last week's winner (so a retrain never
+does worse than reusing it on the new validation window), the configured recipe, then the
+shipped ones. The sampler then explores from what they taught it. The search stops at its
+wall-time budget or trial count; a trial that would overrun the budget by the time its
+family took before is skipped, and a trial that fails (a family that cannot fit this data)
+is recorded and passed over.
+
+Trials are cheap to set up: the store is read once, a dataset is built once per decay
+half-life, and other confidence transforms are recomputed from the cached weights. Trial
+scoring uses at most :data:`MAX_VALIDATION_USERS` validation users (a seeded sample).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+
+from features.dataset import Dataset, ProtocolChoice, StoreFrames, build_dataset
+from features.splits import Split, split_with_confidence, with_confidence
+from recsys import models
+from recsys.settings import EngineSettings
+from training.config import TrainConfig, config_from_dict, load_config, shipped_recipes
+from training.evaluate import evaluate
+from training.search_space import FAMILIES, SearchSpace, params_of, suggest_recipe
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+MAX_VALIDATION_USERS = 5_000
+"""Validation users a trial is scored on (a seeded sample when there are more)."""
+
+BUDGET_BASE_SECONDS = 60.0
+BUDGET_SECONDS_PER_EVENT = 4e-4
+BUDGET_MAX_SECONDS = 2_400.0
+"""Default budget = base + per event, capped: 100k events get 100 s, 1M 460 s, 5M the 40-minute cap
+(the whole weekly job on 5M events stays under an hour on 2 cores)."""
+
+SHIPPED_START = ("popularity", "itemknn", "ease", "als", "hybrid", "hybrid-large")
+"""Shipped recipes enqueued after the configured one, cheapest first."""
+
+
+def auto_budget(n_events: int) -> float:
+    """The default wall-time budget of a search over a store of ``n_events`` interactions."""
+    return min(BUDGET_MAX_SECONDS, BUDGET_BASE_SECONDS + BUDGET_SECONDS_PER_EVENT * n_events)
+
+
+@dataclass
+class TuneOptions:
+    budget_seconds: float | None = None
+    """Wall-time budget; None = :func:`auto_budget`."""
+    trials: int | None = None
+    """At most this many trials (None: until the budget is spent)."""
+    seed: int = 0
+    families: tuple[str, ...] = FAMILIES
+    start_from: list[TrainConfig] = field(default_factory=list)
+    """Recipes tried first, in order (last week's winner first)."""
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    recipe: TrainConfig
+    origin: str
+    """``search``, or where an enqueued recipe came from (``champion``, ``configured``, ``shipped:als``)."""
+    state: str
+    ndcg10: float = float("nan")
+    recall20: float = float("nan")
+    seconds: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "model": self.recipe.model, "origin": self.origin, "state": self.state,
+                "validation_ndcg@10": _finite(self.ndcg10), "validation_recall@20": _finite(self.recall20),
+                "seconds": round(self.seconds, 2), "error": self.error, "config_hash": self.recipe.config_hash()}
+
+
+@dataclass
+class TuningResult:
+    best: TrainConfig
+    best_ndcg10: float
+    configured_ndcg10: float | None
+    trials: list[TrialRecord]
+    seconds: float
+    budget_seconds: float
+    validation_users: int
+    note: str
+
+    @property
+    def completed(self) -> int:
+        return sum(t.state == "complete" for t in self.trials)
+
+    def summary(self) -> dict[str, Any]:
+        gain = (self.best_ndcg10 / self.configured_ndcg10 if self.configured_ndcg10 else None)
+        best = next((t for t in self.trials if t.state == "complete" and t.ndcg10 == self.best_ndcg10), None)
+        return {"trials": len(self.trials), "completed": self.completed, "seconds": round(self.seconds, 1),
+                "budget_seconds": round(self.budget_seconds, 1), "validation_users": self.validation_users,
+                "best_model": self.best.model, "best_origin": best.origin if best else None,
+                "best_validation_ndcg@10": _finite(self.best_ndcg10),
+                "configured_validation_ndcg@10": _finite(self.configured_ndcg10),
+                "gain_over_configured": _finite(gain), "note": self.note}
+
+
+class DatasetCache:
+    """Datasets of one store under several engine settings, built once per decay half-life.
+
+    Every build uses the same protocol (decided by the first) and seed, so the holdout draws
+    and time windows, and so every trial's validation truth, are identical.
+    """
+
+    def __init__(self, frames: StoreFrames, test_days: float, seed: int, first: Dataset,
+                 settings: EngineSettings) -> None:
+        self.frames, self.test_days, self.seed = frames, test_days, seed
+        self.protocol: ProtocolChoice = "time" if first.protocol == "time" else "holdout"
+        self._by_half_life = {settings.half_life_days: first}
+
+    def get(self, settings: EngineSettings) -> Dataset:
+        """The dataset with ``settings`` applied (full, split and validation)."""
+        key = settings.half_life_days
+        if key not in self._by_half_life:
+            self._by_half_life[key] = build_dataset(self.frames, settings, test_days=self.test_days, seed=self.seed,
+                                                    validation=True, protocol=self.protocol)
+        data = self._by_half_life[key]
+        assert data.split is not None and data.validation is not None
+        return Dataset(full=with_confidence(data.full, settings), split=split_with_confidence(data.split, settings),
+                       data_start=data.data_start, data_end=data.data_end, n_events=data.n_events,
+                       validation=split_with_confidence(data.validation, settings), protocol=data.protocol,
+                       note=data.note)
+
+
+def tune(cache: DatasetCache, configured: TrainConfig, options: TuneOptions,
+         progress: Progress | None = None) -> TuningResult:
+    """Search for the best recipe on the validation cut; never reads the test window."""
+    say = progress or (lambda message: log.info(message))
+    first = cache.get(configured.engine)
+    assert first.validation is not None and first.data_start is not None and first.data_end is not None
+    budget = options.budget_seconds if options.budget_seconds is not None else auto_budget(first.n_events)
+    span_days = (first.data_end - first.data_start).total_seconds() / 86_400
+    space = SearchSpace.for_data(configured.engine, span_days, _families(options.families))
+    sample = _validation_sample(first.validation, options.seed)
+    runner = _Runner(cache, space, sample, budget, say)
+    study = _study(options.seed)
+    for origin, recipe in _starting_recipes(configured, options, space):
+        study.enqueue_trial(params_of(recipe, space), user_attrs={"origin": origin, "recipe": recipe.to_dict()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's experimental-feature and fixed-parameter warnings
+        study.optimize(runner.objective, n_trials=options.trials, timeout=budget, catch=())
+    return runner.result(configured, budget, first.note)
+
+
+def _families(families: Sequence[str]) -> tuple[str, ...]:
+    chosen = tuple(f for f in FAMILIES if f in families)
+    if not chosen:
+        raise ValueError(f"no model family to search among {list(families)}; choose from {', '.join(FAMILIES)}")
+    return chosen
+
+
+def _study(seed: int) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8,
+                                             constant_liar=False)
+    return optuna.create_study(direction="maximize", sampler=sampler)
+
+
+def _starting_recipes(configured: TrainConfig, options: TuneOptions,
+                      space: SearchSpace) -> list[tuple[str, TrainConfig]]:
+    """Last week's winner(s), the configured recipe, then the shipped ones; each recipe once."""
+    found: list[tuple[str, TrainConfig]] = [(f"previous:{i}" if i else "previous", r)
+                                            for i, r in enumerate(options.start_from)]
+    found.append(("configured", configured))
+    shipped = shipped_recipes()
+    for name in SHIPPED_START:
+        if name in shipped:
+            recipe = load_config(shipped[name])
+            found.append((f"shipped:{name}", _with_operator_engine(recipe, configured.engine)))
+    seen: set[str] = set()
+    ordered = []
+    for origin, recipe in found:
+        if recipe.model in space.families and recipe.config_hash() not in seen:
+            seen.add(recipe.config_hash())
+            ordered.append((origin, recipe))
+    return ordered
+
+
+def _with_operator_engine(recipe: TrainConfig, operator: EngineSettings) -> TrainConfig:
+    """A shipped recipe keeps its weighting (half-life, transform, alpha) and takes the operator's
+    action weights, time zone and index settings."""
+    mine = recipe.engine.model_dump(include={"half_life_days", "confidence", "alpha"})
+    mine = {k: v for k, v in mine.items() if k in recipe.engine.model_fields_set}
+    return TrainConfig(model=recipe.model, params=recipe.params,
+                       engine=EngineSettings(**{**operator.model_dump(), **mine}))
+
+
+def _validation_sample(split: Split, seed: int) -> Split:
+    """``split`` with truth for at most :data:`MAX_VALIDATION_USERS` users (a seeded sample)."""
+    rows = np.flatnonzero(np.diff(split.truth.indptr) > 0)
+    if len(rows) <= MAX_VALIDATION_USERS:
+        return split
+    keep = np.zeros(split.truth.shape[0], dtype=bool)
+    keep[np.random.default_rng(seed).choice(rows, MAX_VALIDATION_USERS, replace=False)] = True
+    truth = split.truth.multiply(keep[:, None]).tocsr()
+    truth.eliminate_zeros()
+    return Split(train=split.train, truth=truth, cutoff=split.cutoff, cold_items=split.cold_items)
+
+
+class _Runner:
+    """Runs trials: builds the recipe's validation data, fits, scores, records."""
+
+    def __init__(self, cache: DatasetCache, space: SearchSpace, sample: Split, budget: float, say: Progress) -> None:
+        self.cache, self.space, self.sample_truth, self.budget, self.say = cache, space, sample.truth, budget, say
+        self.started = time.perf_counter()
+        self.records: list[TrialRecord] = []
+        self.cost: dict[str, float] = {}
+        self.best = -math.inf
+
+    def objective(self, trial: optuna.Trial) -> float:
+        fixed = trial.user_attrs.get("recipe")
+        recipe = suggest_recipe(trial, self.space)  # registers the parameters with the sampler
+        if fixed is not None:  # an enqueued recipe is tried exactly as it was written
+            recipe = config_from_dict(fixed)
+        origin = trial.user_attrs.get("origin", "search")
+        record = TrialRecord(trial.number, recipe, origin, "running")
+        self.records.append(record)
+        if self._would_overrun(recipe.model):
+            record.state = "skipped"
+            raise optuna.TrialPruned(f"{recipe.model} would overrun the budget")
+        t0 = time.perf_counter()
+        try:
+            ndcg, recall = self._score(recipe)
+        except Exception as exc:  # one family failing on this data must not stop the weekly run
+            record.state, record.error, record.seconds = "failed", str(exc)[:300], time.perf_counter() - t0
+            log.warning("trial %d (%s) failed: %s", trial.number, recipe.model, exc, exc_info=True)
+            raise optuna.TrialPruned(str(exc)) from exc
+        record.seconds = time.perf_counter() - t0
+        self.cost[recipe.model] = max(self.cost.get(recipe.model, 0.0), record.seconds)
+        record.state, record.ndcg10, record.recall20 = "complete", ndcg, recall
+        self.best = max(self.best, ndcg)
+        self.say(f"tuning: trial {trial.number + 1} {recipe.model} ({origin}) ndcg@10 {ndcg:.4f}, "
+                 f"best {self.best:.4f}, {self._left():.0f} s left")
+        return ndcg
+
+    def _score(self, recipe: TrainConfig) -> tuple[float, float]:
+        data = self.cache.get(recipe.engine)
+        assert data.validation is not None
+        split = Split(train=data.validation.train, truth=self.sample_truth, cutoff=data.validation.cutoff,
+                      cold_items=data.validation.cold_items)
+        model = models.create(recipe.model, recipe.params).fit(split.train)
+        result = evaluate(model, split, recipe.engine, segments=False)
+        return result.metrics["ndcg@10"], result.metrics["recall@20"]
+
+    def _left(self) -> float:
+        return self.budget - (time.perf_counter() - self.started)
+
+    def _would_overrun(self, family: str) -> bool:
+        """Skip a trial whose family took longer before than the budget has left (with 20% slack)."""
+        return family in self.cost and self.cost[family] > 1.2 * self._left()
+
+    def result(self, configured: TrainConfig, budget: float, note: str) -> TuningResult:
+        done = [r for r in self.records if r.state == "complete"]
+        if not done:
+            raise ValueError("the recipe search completed no trial; raise --tune-budget or train with --no-tune")
+        best = max(done, key=lambda r: (r.ndcg10, -r.number))
+        configured_score = next((r.ndcg10 for r in done if r.origin == "configured"), None)
+        return TuningResult(best=best.recipe, best_ndcg10=best.ndcg10, configured_ndcg10=configured_score,
+                            trials=self.records, seconds=time.perf_counter() - self.started, budget_seconds=budget,
+                            validation_users=int((np.diff(self.sample_truth.indptr) > 0).sum()), note=note)
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 6)
