@@ -1,11 +1,12 @@
 """One worker of :func:`recsys.candidates.precompute_in_processes`, as its own interpreter.
 
-    python -m recsys.candidate_worker BUNDLE_DIR ROWS.npy K OUT.npz
+    python -m recsys.candidate_worker BUNDLE_DIR ROWS.npy K OUT.npz [CHUNK]
 
-Loads the saved bundle, scores the users listed in ``ROWS.npy`` with
-:func:`recsys.candidates.score_share` (the one-row calls the server makes) and writes their
-lists to ``OUT.npz``, through a temporary name so that a half-written file never exists
-under the final one. Exits non-zero, with the reason on stderr, when anything fails.
+Loads the saved bundle, scores the users listed in ``ROWS.npy`` (whole chunks of the
+parent's, end to end) with :func:`recsys.candidates.score_share` (one model call per chunk
+of ``CHUNK`` users: the chunks a single process would cut) and writes their lists to
+``OUT.npz``, through a temporary name so that a half-written file never exists under the
+final one. Exits non-zero, with the reason on stderr, when anything fails.
 """
 
 from __future__ import annotations
@@ -18,17 +19,18 @@ import numpy as np
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 4:
+    if len(argv) not in (4, 5):
         sys.stderr.write(__doc__ or "")
         return 2
     directory, rows_file, k, out = Path(argv[0]), Path(argv[1]), int(argv[2]), Path(argv[3])
+    chunk = int(argv[4]) if len(argv) == 5 else None
     from recsys.bundle import ModelBundle
     from recsys.candidates import score_share
 
     bundle = ModelBundle.load(directory)
     rows = np.load(rows_file, allow_pickle=False)
     partial = out.with_name(out.name + ".partial.npz")
-    np.savez(partial, **score_share(bundle, rows, k))
+    np.savez(partial, **score_share(bundle, rows, k, chunk))
     os.replace(partial, out)
     return 0
 

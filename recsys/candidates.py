@@ -10,12 +10,20 @@ diversifies what is left; availability is never baked in, because it changes by 
 
 The lists are exact, not approximate (except for a bundle with an approximate index, a
 catalog too large to score in full: there they are what the index finds, as the API's full
-path for that bundle finds them). Each user is scored with the very call the API's
-full path makes for them (one row at a time: a batched matrix product rounds differently
-in the last bits from a one-row product, which would reorder near-tied items), and the
-order is :func:`recsys.ranking.top_k`'s (score, then lower index). So whenever the first
-``m`` allowed items are all among a user's candidates, they are exactly the full path's
-top ``m``; when too few survive the filters, the caller takes the full path.
+path for that bundle finds them). Users are scored many at a time, with the same model call
+the API's full path makes for one user, so a chunk of users costs one matrix product (BLAS
+level 3) instead of one matrix-vector product per user, which reads the whole item factor
+matrix per user and was 10x slower at 512 factors. The contract with the full path is
+therefore "the same items in the same order, up to float noise": a batched product rounds
+differently in the last bits from a one-row product (about 1e-7 relative), so a stored
+score may differ from the full path's by that much, and two items whose scores are that
+close may come in the other order. Everything else is exact: the order is
+:func:`recsys.ranking.top_k`'s (score, then lower index) over the stored scores, and
+whenever the first ``m`` allowed items are all among a user's candidates they are the full
+path's top ``m`` (up to such near-ties); when too few survive the filters, the caller takes
+the full path. The chunks are cut the same way whoever scores them (:func:`chunk_size`;
+workers take whole chunks), so the lists do not depend on the number of processes, bit for
+bit.
 
 Each candidate also carries its reason's anchor (:func:`recsys.reasons.anchor_codes`: which
 history item the reason names, if any), since that too depends only on the history: it is
@@ -32,7 +40,7 @@ bytes per user: 400 MB for 200,000 users at k = 200. A training job covers at mo
 :data:`DEFAULT_MAX_USERS` users, the most active.
 
 A training job computes them after saving the bundle (:func:`save_with_candidates`): for a
-large bundle, several processes each load the saved bundle and score a share of the users,
+large bundle, several processes each load the saved bundle and score a share of the chunks,
 with the same calls, so the lists do not depend on how many took part.
 """
 
@@ -50,9 +58,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import scipy.sparse as sp
 
 from recsys.confidence import to_confidence
-from recsys.ranking import top_k
+from recsys.ranking import top_k_rows
 from recsys.reasons import NO_ANCHOR, NO_NOTION, anchor_codes
 from recsys.threads import single_threaded_blas
 
@@ -67,7 +76,10 @@ them after a large share of the catalog has ended or been filtered out."""
 
 FILE_NAME = "candidates.npz"
 CHUNK_USERS = 512
-"""Users per unit of work (progress is logged and cancellation checked between chunks)."""
+"""Users per unit of work, at most: scored by one model call (progress is logged and
+cancellation checked between chunks)."""
+CHUNK_SCORE_BYTES = 32 << 20
+"""Dense float32 scores (users x items) one chunk may hold: fewer users per chunk on a large catalog."""
 PARALLEL_MIN_USERS = 20_000
 """Below this many users a training job scores them in its own process (starting workers costs
 a few seconds: each imports the engine and loads the bundle)."""
@@ -199,31 +211,43 @@ class Candidates:
 
 
 def precompute_candidates(bundle: ModelBundle, k: int = DEFAULT_K, *, users: Sequence[int] | np.ndarray | None = None,
-                          should_stop: Callable[[], bool] | None = None) -> Candidates | None:
+                          should_stop: Callable[[], bool] | None = None,
+                          chunk: int | None = None) -> Candidates | None:
     """Score every user with history (or only ``users``) and keep their best ``k`` items.
 
     Excludes each user's history, hidden items and items the model cannot score; never
     time. Users without history, and users left out of ``users``, get no row (their slot is
-    -1, so the full path serves them). BLAS is pinned to one thread, as in the
-    server, so every score is computed exactly as a request computes it; 1-1.5 ms per user
-    for a hybrid model over 20,000 items (batching users does not help: the dense per-item
-    terms dominate, and a batched product would round differently). Returns None
-    if ``should_stop`` turns true before the end (checked between chunks of users).
+    -1, so the full path serves them). Users are scored a chunk at a time
+    (``chunk`` users, default :func:`chunk_size`), each chunk by one call of the model, with
+    BLAS pinned to one thread as in the server. Returns None if ``should_stop`` turns true
+    before the end (checked between chunks).
     """
     rows = _rows_to_score(bundle, users)
     lists = _empty_lists(bundle, k, rows)
     started = time.perf_counter()
+    chunks = split_into_chunks(rows, chunk or chunk_size(bundle))
     with single_threaded_blas():
-        for start in range(0, len(rows), CHUNK_USERS):
+        for number, chunk in enumerate(chunks):
             if should_stop is not None and should_stop():
-                log.info("candidate computation stopped after %d of %d users", start, len(rows))
+                log.info("candidate computation stopped after %d of %d chunks", number, len(chunks))
                 return None
-            _store(lists, _score_rows(bundle, rows[start:start + CHUNK_USERS], lists.k))
-            if (start // CHUNK_USERS + 1) % 50 == 0:
-                log.info("candidates: %d of %d users (%.0fs)", start + CHUNK_USERS, len(rows),
-                         time.perf_counter() - started)
+            _store(lists, _score_rows(bundle, chunk, lists.k))
+            if (number + 1) % 50 == 0:
+                log.info("candidates: %d of %d chunks (%.0fs)", number + 1, len(chunks), time.perf_counter() - started)
     log.info("candidates for %d users (k=%d) in %.1fs", len(rows), lists.k, time.perf_counter() - started)
     return _finished(lists)
+
+
+def chunk_size(bundle: ModelBundle) -> int:
+    """Users scored per model call: :data:`CHUNK_USERS`, fewer when their dense scores would
+    outgrow :data:`CHUNK_SCORE_BYTES`. A function of the bundle alone, so every process that
+    scores a bundle cuts the same chunks (a batched product's last bits depend on the batch)."""
+    return max(1, min(CHUNK_USERS, CHUNK_SCORE_BYTES // (4 * max(len(bundle.catalog), 1))))
+
+
+def split_into_chunks(rows: np.ndarray, size: int) -> list[np.ndarray]:
+    """``rows`` cut into consecutive chunks of ``size`` (the last may be shorter)."""
+    return [rows[start:start + size] for start in range(0, len(rows), size)]
 
 
 def attach_candidates(bundle: ModelBundle, k: int = DEFAULT_K) -> ModelBundle:
@@ -239,11 +263,11 @@ def save_with_candidates(bundle: ModelBundle, directory: Path, k: int = DEFAULT_
     Lists are made for at most ``max_users`` users, the most active (:func:`most_active_users`);
     the others are served by full scoring. With ``PARALLEL_MIN_USERS`` users or more and
     more than one core, ``workers`` processes (default: the cores, at most ``MAX_WORKERS``)
-    each load the saved bundle and score a share of the users
-    (:func:`precompute_in_processes`); each score is the same one-row, one-BLAS-thread call,
-    so the lists are identical to :func:`precompute_candidates`' (asserted in the tests).
-    Processes, not threads: the per-user work is many small numpy calls that hold the GIL.
-    If a worker fails, this process scores everyone itself.
+    each load the saved bundle and score a share of the chunks
+    (:func:`precompute_in_processes`); each chunk is the same one-BLAS-thread call, so the
+    lists are identical to :func:`precompute_candidates`' (asserted in the tests).
+    Processes, not threads: selecting and explaining each user's list are many small numpy
+    calls that hold the GIL. If a worker fails, this process scores everyone itself.
     """
     path = bundle.save(directory)
     rows = most_active_users(bundle, max_users)
@@ -264,22 +288,26 @@ def save_with_candidates(bundle: ModelBundle, directory: Path, k: int = DEFAULT_
 
 
 def precompute_in_processes(bundle: ModelBundle, directory: Path, rows: np.ndarray, k: int,
-                            workers: int) -> Candidates:
+                            workers: int, chunk: int | None = None) -> Candidates:
     """:func:`precompute_candidates` for ``rows`` by ``workers`` processes reading the bundle saved
     at ``directory`` (``bundle`` is that bundle, in this process).
 
     Each worker is a fresh interpreter running :mod:`recsys.candidate_worker` on every
-    ``workers``-th row: it never imports the caller's ``__main__`` (as multiprocessing's
-    spawn would, running an unguarded script's training again) nor inherits its threads and
-    locks (as fork would). Raises :class:`CandidateWorkersFailed` when a worker fails.
+    ``workers``-th chunk (of ``chunk`` users, default :func:`chunk_size`): it never imports
+    the caller's ``__main__`` (as multiprocessing's spawn would, running an unguarded
+    script's training again) nor inherits its threads and locks (as fork would). Raises
+    :class:`CandidateWorkersFailed` when a worker fails.
     """
     lists = _empty_lists(bundle, k, rows)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="recsys-candidates-") as tmp:
         jobs: list[_Worker] = []
+        size = chunk or chunk_size(bundle)
+        chunks = split_into_chunks(rows, size)
         try:
             for number in range(workers):
-                jobs.append(_Worker.start(Path(tmp), number, directory, rows[number::workers], lists.k))
+                share = np.concatenate([rows[:0], *chunks[number::workers]])
+                jobs.append(_Worker.start(Path(tmp), number, directory, share, lists.k, size))
             _wait_for(jobs, started)
         finally:
             for job in jobs:
@@ -301,11 +329,12 @@ class _Worker:
     errors: Path
 
     @classmethod
-    def start(cls, tmp: Path, number: int, directory: Path, rows: np.ndarray, k: int) -> _Worker:
+    def start(cls, tmp: Path, number: int, directory: Path, rows: np.ndarray, k: int, chunk: int) -> _Worker:
         share, out, errors = (tmp / f"{name}-{number}{ext}" for name, ext in
                               (("rows", ".npy"), ("lists", ".npz"), ("stderr", ".txt")))
         np.save(share, rows)
-        command = [sys.executable, "-m", "recsys.candidate_worker", str(directory), str(share), str(k), str(out)]
+        command = [sys.executable, "-m", "recsys.candidate_worker", str(directory), str(share), str(k), str(out),
+                   str(chunk)]
         with open(errors, "wb") as stderr:  # a file, not a pipe: a chatty worker never blocks on a full pipe
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
         return cls(process, out, errors)
@@ -377,7 +406,12 @@ def _rows_to_score(bundle: ModelBundle, users: Sequence[int] | np.ndarray | None
 def most_active_users(bundle: ModelBundle, max_users: int) -> np.ndarray:
     """The users with a history, or the ``max_users`` with the longest ones (the likeliest to come
     back; ties by index), in index order."""
-    activity = np.diff(bundle.weights.indptr)
+    return most_active_rows(bundle.weights, max_users)
+
+
+def most_active_rows(weights: sp.csr_matrix, max_users: int) -> np.ndarray:
+    """:func:`most_active_users` of a users x items history matrix (benchmarks use it without a bundle)."""
+    activity = np.diff(weights.indptr)
     users = np.flatnonzero(activity > 0)
     if len(users) > max_users:
         users = np.sort(users[np.argsort(-activity[users], kind="stable")[:max(max_users, 0)]])
@@ -385,20 +419,41 @@ def most_active_users(bundle: ModelBundle, max_users: int) -> np.ndarray:
 
 
 def _score_rows(bundle: ModelBundle, rows: np.ndarray, k: int) -> _Scored:
+    """The lists of one chunk of users: one model call for all of them, then each row's top
+    ``k`` (:func:`recsys.ranking.top_k_rows`) and its reasons' anchors."""
     if bundle.ann is not None:
         return _score_rows_through_index(bundle, rows, k)
-    visible = ~bundle.catalog.hidden
-    items = np.full((len(rows), k), -1, dtype=np.int32)
-    scores = np.full((len(rows), k), np.nan, dtype=np.float32)
-    anchors = np.full((len(rows), k), NO_ANCHOR, dtype=np.int32)
-    lengths = np.zeros(len(rows), dtype=np.int32)
-    for position, row in enumerate(rows.tolist()):
-        best, values, codes = _best_of(bundle, row, k, visible)
-        items[position, : len(best)] = best
-        scores[position, : len(best)] = values
-        anchors[position, : len(best)] = codes
-        lengths[position] = len(best)
-    return _Scored(rows, items, scores, anchors, lengths)
+    if len(rows) == 0:  # (a worker's share can be empty)
+        return _no_rows(k)
+    history = bundle.weights[rows]
+    scores = np.array(bundle.model.score(rows, _confidence(bundle, history)), dtype=np.float32, copy=True)
+    scores[:, bundle.catalog.hidden] = -np.inf
+    scores[np.repeat(np.arange(len(rows)), np.diff(history.indptr)), history.indices] = -np.inf
+    best = top_k_rows(scores, k)
+    filled = best >= 0
+    values = np.where(filled, np.take_along_axis(scores, np.where(filled, best, 0), axis=1), np.nan)
+    lengths = filled.sum(axis=1).astype(np.int32)
+    anchors = np.full(best.shape, NO_ANCHOR, dtype=np.int32)
+    for position in range(len(rows)):
+        start, end = history.indptr[position], history.indptr[position + 1]
+        anchors[position, : lengths[position]] = anchor_codes(bundle.model, best[position, : lengths[position]],
+                                                              history.indices[start:end])
+    return _Scored(rows, best.astype(np.int32), values.astype(np.float32), anchors, lengths)
+
+
+def _confidence(bundle: ModelBundle, history: sp.csr_matrix) -> sp.csr_matrix:
+    """The confidences the full path computes for each row alone: ``log`` and ``linear`` act
+    entry by entry; ``bm25`` weighs a row against the rows it is given, so one row at a time."""
+    settings = bundle.settings
+    if settings.confidence != "bm25":
+        return to_confidence(history, settings.confidence, settings.alpha)
+    return sp.vstack([to_confidence(history[row], settings.confidence, settings.alpha)
+                      for row in range(history.shape[0])], format="csr", dtype=np.float32)
+
+
+def _no_rows(k: int) -> _Scored:
+    return _Scored(np.empty(0, np.int64), np.empty((0, k), np.int32), np.empty((0, k), np.float32),
+                   np.empty((0, k), np.int32), np.empty(0, np.int32))
 
 
 def _score_rows_through_index(bundle: ModelBundle, rows: np.ndarray, k: int) -> _Scored:
@@ -408,8 +463,7 @@ def _score_rows_through_index(bundle: ModelBundle, rows: np.ndarray, k: int) -> 
     from recsys.ann import approximate_top_n  # faiss: only for bundles that have an index
 
     if len(rows) == 0:  # (a worker's share can be empty)
-        return _Scored(rows, np.empty((0, k), np.int32), np.empty((0, k), np.float32), np.empty((0, k), np.int32),
-                       np.empty(0, np.int32))
+        return _no_rows(k)
     settings = bundle.settings
     history = bundle.weights[rows]
     best, values = approximate_top_n(bundle.model, bundle.ann, rows, to_confidence(
@@ -423,13 +477,17 @@ def _score_rows_through_index(bundle: ModelBundle, rows: np.ndarray, k: int) -> 
                    filled.sum(axis=1).astype(np.int32))
 
 
-def score_share(bundle: ModelBundle, rows: np.ndarray, k: int) -> dict[str, np.ndarray]:
-    """A worker's share (:mod:`recsys.candidate_worker`): the lists of ``rows``, as arrays to save
-    (scored a chunk at a time, so a batched index search never holds a whole share's results)."""
+def score_share(bundle: ModelBundle, rows: np.ndarray, k: int, chunk: int | None = None) -> dict[str, np.ndarray]:
+    """A worker's share (:mod:`recsys.candidate_worker`): the lists of ``rows``, as arrays to save.
+
+    ``rows`` are whole chunks of :func:`precompute_in_processes` put end to end, so cutting them
+    by the same ``chunk`` size (default :func:`chunk_size`) again gives the very chunks (and
+    bits) of a single-process run."""
+    size = chunk or chunk_size(bundle)
     with single_threaded_blas():
-        chunks = [_score_rows(bundle, rows[start:start + CHUNK_USERS], k) for start in range(0, len(rows), CHUNK_USERS)]
+        chunks = [_score_rows(bundle, part, k) for part in split_into_chunks(rows, size)]
     if not chunks:
-        chunks = [_score_rows(bundle, rows, k)]
+        chunks = [_no_rows(k)]
     return {name: np.concatenate([getattr(chunk, name) for chunk in chunks])
             for name in _Scored.__dataclass_fields__}
 
@@ -445,15 +503,3 @@ def _store(lists: Candidates, scored: _Scored) -> None:
 def _finished(lists: Candidates) -> Candidates:
     """The filled lists (built again: the row lengths are derived at construction)."""
     return Candidates(lists.items, lists.scores, lists.anchors, lists.complete, lists.slots)
-
-
-def _best_of(bundle: ModelBundle, row: int, k: int,
-             visible: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One user's top ``k`` (items, scores, anchor codes): the full path's scoring call, verbatim."""
-    history = bundle.weights[row]
-    settings = bundle.settings
-    scores = bundle.model.score(np.array([row]), to_confidence(history, settings.confidence, settings.alpha))[0]
-    allowed = visible.copy()
-    allowed[history.indices] = False
-    best = top_k(scores, k, allowed)
-    return best, scores[best], anchor_codes(bundle.model, best, history.indices)

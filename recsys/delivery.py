@@ -15,9 +15,11 @@ Used by the API and by batch ``recsys recommend`` alike, so the rules hold every
 Two paths, one result. A known user without live interactions is served from the
 bundle's precomputed candidates (:mod:`recsys.candidates`) when it has them: drop the
 candidates the request does not allow, diversify the first ``CANDIDATE_FACTOR x n`` that
-survive, explain. That is exactly what full scoring returns whenever that many candidates
-survive, at a fraction of the cost; otherwise (live interactions, filters that leave too
-few candidates, a large ``n``, no candidates) the request takes the full path.
+survive, explain. That is what full scoring returns whenever that many candidates survive
+(the same items, order and reasons; scores up to float noise, as :mod:`recsys.candidates`
+scores users in batches), at a fraction of the cost; otherwise (live interactions,
+filters that leave too few candidates, a large ``n``, no candidates) the request takes
+the full path.
 """
 
 from __future__ import annotations

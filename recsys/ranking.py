@@ -43,17 +43,61 @@ def top_k_batch(scores: np.ndarray, k: int, allowed: np.ndarray | None = None,
 
     ``allowed`` is one mask for all rows; ``exclude`` holds per-row items to drop (history).
     """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
     scores = np.array(scores, dtype=np.float32, copy=True)
     if allowed is not None:
         scores[:, ~allowed] = -np.inf
     if exclude is not None:
         rows, cols = exclude.nonzero()
         scores[rows, cols] = -np.inf
-    out = np.full((scores.shape[0], k), -1, dtype=np.int64)
-    for row in range(scores.shape[0]):
-        best = top_k(scores[row], k)
-        out[row, : len(best)] = best
+    return top_k_rows(scores, k)
+
+
+def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """:func:`top_k` of every row of ``scores`` (rows, n) over its finite entries, as int64
+    (rows, k) padded with -1: the same items in the same order (score, then lower index).
+
+    A few passes over the whole array instead of one Python-level call per row: one
+    partition, then a sort of the ``k`` chosen per row. Where the partition had to choose
+    among items tied with a row's ``k``-th score, those rows are chosen again by mask (every
+    item above the tie, then the lowest indices of the tied ones), as :func:`top_k` does.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n_rows, n = scores.shape
+    out = np.full((n_rows, k), -1, dtype=np.int64)
+    width = min(k, n)
+    if n_rows == 0 or width == 0:
+        return out
+    keys = np.where(np.isfinite(scores), scores, -np.inf)
+    if width < n:
+        chosen = np.argpartition(-keys, width - 1, axis=1)[:, :width]
+    else:
+        chosen = np.broadcast_to(np.arange(n), (n_rows, n)).copy()
+    values = np.take_along_axis(keys, chosen, axis=1)
+    order = np.lexsort((chosen, -values), axis=1)
+    chosen, values = np.take_along_axis(chosen, order, axis=1), np.take_along_axis(values, order, axis=1)
+    out[:, :width] = np.where(np.isfinite(values), chosen, -1)
+    if width < n:
+        last = values[:, -1]
+        tied = (keys == last[:, None]).sum(axis=1) > (values == last[:, None]).sum(axis=1)
+        redo = np.flatnonzero(tied & np.isfinite(last))
+        if len(redo):
+            out[redo, :width] = _top_through_tie(keys[redo], last[redo], width)
     return out
+
+
+def _top_through_tie(keys: np.ndarray, last: np.ndarray, width: int) -> np.ndarray:
+    """The best ``width`` of each row, in order, where each row's ``width``-th best value ``last``
+    (finite) is tied beyond the cut: all items above it, then its lowest-index holders."""
+    above = keys > last[:, None]
+    level = keys == last[:, None]
+    room = width - above.sum(axis=1)
+    take = above | (level & (np.cumsum(level, axis=1) <= room[:, None]))
+    chosen = np.nonzero(take)[1].reshape(len(keys), width)  # exactly ``width`` per row, by index
+    values = np.take_along_axis(keys, chosen, axis=1)
+    return np.take_along_axis(chosen, np.lexsort((chosen, -values), axis=1), axis=1)
 
 
 def mmr(candidates: np.ndarray, scores: np.ndarray, categories: np.ndarray, n: int,
