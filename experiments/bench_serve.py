@@ -1,6 +1,7 @@
-"""Serving benchmark: personal recommendations vs a bare endpoint, same server, same load.
+"""Serving benchmark: personal recommendations vs a bare endpoint, same server, same load;
+and the same with API keys and rate limits on vs off.
 
-    python -m experiments.bench_serve [--users 200000] [--items 20000] [--duration 20]
+    python -m experiments.bench_serve [--users 200000] [--items 20000] [--duration 20] [--rounds 1]
 
 1. Builds (once, cached under ``--workdir``) a synthetic bundle: users in 64 taste clusters,
    each favouring ~300 items, plus a Zipf-popular background; ~20 interactions per user; a
@@ -14,6 +15,11 @@
    concurrency, fixed duration) against (a) ``/v1/users/{id}/recommendations?n=10`` for
    random known users and (b) the bare endpoint; prints requests/s, p50, p99 and the ratios
    (targets: throughput ratio >= 0.7, p99 ratio <= 2).
+4. Does both twice: on a server with the trust boundary *off* (no keys, personal reads
+   open, no rate limits) and on one with it *on* (every request sends a ``read`` key, per-key
+   and per-address rate limits on, set high enough that the load never reaches them, so what
+   is measured is the cost of checking); the servers alternate ``--rounds`` times, so drift
+   in what else the machine runs falls on both. Prints the on/off ratios (target >= 0.9).
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from serving.auth import API_KEY_HEADER
+from serving.connections import PROTOCOL
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +54,12 @@ CLUSTERS = 64
 CLUSTER_ITEMS = 300
 BARE_PATH = "/bench/bare"
 NOW = time.time()
+BENCH_KEY = "bench-app-key-read-only-0001"
+GUARD_OFF = {"RECSYS_OPEN_PERSONAL_READS": "true", "RECSYS_RATE_PER_KEY": "0", "RECSYS_RATE_PER_IP": "0"}
+GUARD_ON = {"RECSYS_API_KEYS": f"{BENCH_KEY}=read", "RECSYS_OPEN_PERSONAL_READS": "false",
+            "RECSYS_RATE_PER_KEY": "1000000", "RECSYS_BURST_PER_KEY": "1000000",
+            "RECSYS_RATE_PER_IP": "1000000", "RECSYS_BURST_PER_IP": "1000000"}
+"""Limits on, but far above what one load generator sends: the checks run, nothing is refused."""
 
 
 # ---- the synthetic bundle ---------------------------------------------------------------
@@ -170,7 +185,7 @@ def bench_app():
 
 # ---- the load generator (runs in its own process) -----------------------------------------
 async def generate_load(base: str, paths: list[str], concurrency: int, duration: float, warmup: float,
-                        seed: int) -> dict[str, Any]:
+                        seed: int, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """``concurrency`` closed-loop clients, each with its own keep-alive connection.
 
     One ``httpx.AsyncClient`` per client: a single shared pool serialises on its own
@@ -186,7 +201,7 @@ async def generate_load(base: str, paths: list[str], concurrency: int, duration:
 
     async def client_loop(measure_from: float, until: float) -> None:
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30, headers=headers) as client:
             while (started := time.perf_counter()) < until:
                 path = paths[rng.randrange(len(paths))]
                 try:
@@ -214,7 +229,7 @@ async def generate_load(base: str, paths: list[str], concurrency: int, duration:
 
 
 def run_loadgen_process(base: str, paths: list[str], args: argparse.Namespace, workdir: Path,
-                        server_pid: int) -> dict[str, Any]:
+                        server_pid: int, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """The load generator in a separate process, so it never shares the server's interpreter.
 
     Also reports the server's CPU seconds per request (all requests, warm-up included): unlike
@@ -222,7 +237,8 @@ def run_loadgen_process(base: str, paths: list[str], args: argparse.Namespace, w
     """
     spec = workdir / "loadgen.json"
     spec.write_text(json.dumps({"base": base, "paths": paths, "concurrency": args.concurrency,
-                                "duration": args.duration, "warmup": args.warmup, "seed": args.seed}))
+                                "duration": args.duration, "warmup": args.warmup, "seed": args.seed,
+                                "headers": headers}))
     cpu_before = process_cpu_seconds(server_pid)
     out = subprocess.run([sys.executable, "-m", "experiments.bench_serve", "--loadgen", str(spec)],
                          cwd=ROOT, capture_output=True, text=True, check=True)
@@ -242,16 +258,19 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 # ---- orchestration ------------------------------------------------------------------------
-def start_server(workdir: Path, bundle: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(workdir: Path, bundle: Path, port: int, guard: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The benchmark app in uvicorn, with the protocol, options and limits ``recsys serve`` uses."""
     import httpx
 
     env = {**os.environ, "RECSYS_HOME": str(workdir / "home"), "RECSYS_MODEL_DIR": str(bundle),
-           "BENCH_PAYLOAD": str(workdir / "payload.json"), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("RECSYS_ADMIN_KEY", None)
+           "BENCH_PAYLOAD": str(workdir / "payload.json"), "MLFLOW_DISABLE_TELEMETRY": "true", **guard}
+    for name in ("RECSYS_ADMIN_KEY", "RECSYS_API_KEYS_FILE"):
+        env.pop(name, None)
     log_file = open(workdir / "server.log", "ab")  # noqa: SIM115 - the child writes to it while it runs
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "experiments.bench_serve:bench_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1", "--log-level", "warning"],
+         "--port", str(port), "--workers", "1", "--log-level", "warning", "--http", PROTOCOL,
+         "--no-access-log"],
         cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 300
@@ -299,42 +318,74 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--port", type=int, default=8991)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=1, help="alternations of the off and on servers")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/recsys-bench-serve"))
     parser.add_argument("--loadgen", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.loadgen:  # child mode: run one load and print its figures as JSON
         spec = json.loads(args.loadgen.read_text())
         result = asyncio.run(generate_load(spec["base"], spec["paths"], spec["concurrency"], spec["duration"],
-                                           spec["warmup"], spec["seed"]))
+                                           spec["warmup"], spec["seed"], spec.get("headers")))
         sys.stdout.write(json.dumps(result) + "\n")
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.workdir.mkdir(parents=True, exist_ok=True)
     bundle = build_bundle(args.workdir / f"bundle-{args.users}x{args.items}", args.users, args.items, args.seed)
     write_payload(args.workdir, bundle)
-    server = start_server(args.workdir, bundle, args.port)
+    users = [f"/v1/users/{u}/recommendations?n=10" for u in known_users(bundle, 20_000, args.seed)]
+    runs: dict[str, list[dict[str, dict[str, Any]]]] = {"off": [], "on": []}
+    for _ in range(args.rounds):  # alternating, so the machine's drift falls on both
+        for name, guard, headers in (("off", GUARD_OFF, None), ("on", GUARD_ON, {API_KEY_HEADER: BENCH_KEY})):
+            runs[name].append(measure(args, bundle, users, guard, headers))
+    report(mean_figures(runs["off"]), args, "trust boundary off (no keys, no rate limits)")
+    report(mean_figures(runs["on"]), args, "trust boundary on (read key sent, per-key and per-address limits on)")
+    compare(mean_figures(runs["off"]), mean_figures(runs["on"]))
+
+
+def measure(args: argparse.Namespace, bundle: Path, users: list[str], guard: dict[str, str],
+            headers: dict[str, str] | None) -> dict[str, dict[str, Any]]:
+    """Both targets on one server started with ``guard``'s settings."""
+    server = start_server(args.workdir, bundle, args.port, guard)
     base = f"http://127.0.0.1:{args.port}"
     try:
-        users = [f"/v1/users/{u}/recommendations?n=10" for u in known_users(bundle, 20_000, args.seed)]
-        figures = {
-            "recommendations": run_loadgen_process(base, users, args, args.workdir, server.pid),
-            "bare": run_loadgen_process(base, [BARE_PATH], args, args.workdir, server.pid),
+        return {
+            "recommendations": run_loadgen_process(base, users, args, args.workdir, server.pid, headers),
+            "bare": run_loadgen_process(base, [BARE_PATH], args, args.workdir, server.pid, headers),
         }
     finally:
         server.terminate()
         server.wait(30)
-    report(figures, args)
 
 
-def report(figures: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+def mean_figures(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per target, the mean of every numeric figure over the rounds (the first error example kept)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for target in rounds[0]:
+        figures = [r[target] for r in rounds]
+        merged[target] = {key: (float(np.mean([f[key] for f in figures])) if isinstance(figures[0][key], int | float)
+                                else figures[0][key]) for key in figures[0]}
+    return merged
+
+
+def compare(off: dict[str, dict[str, Any]], on: dict[str, dict[str, Any]]) -> None:
+    lines = ["keys and rate limits on / off:"]
+    for target in ("recommendations", "bare"):
+        a, b = off[target], on[target]
+        lines.append(f"  {target:<16} throughput {b['rps']:.0f} / {a['rps']:.0f} req/s = {b['rps'] / a['rps']:.3f}, "
+                     f"server CPU per request {b['server_cpu_ms']:.3f} / {a['server_cpu_ms']:.3f} ms "
+                     f"= {b['server_cpu_ms'] / a['server_cpu_ms']:.3f} (target: throughput ratio >= 0.9)")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def report(figures: dict[str, dict[str, Any]], args: argparse.Namespace, title: str) -> None:
     rec, bare = figures["recommendations"], figures["bare"]
-    lines = [f"{args.users:,} users x {args.items:,} items, hybrid (ALS 64 factors), 1 worker, "
-             f"concurrency {args.concurrency}, {args.duration:.0f}s per target",
+    lines = [f"{title}: {args.users:,} users x {args.items:,} items, hybrid (ALS 64 factors), 1 worker, "
+             f"concurrency {args.concurrency}, {args.duration:.0f}s per target, mean of {args.rounds} round(s)",
              f"{'target':<18}{'requests':>10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}"
              f"{'server CPU ms/req':>19}"]
     for name, f in figures.items():
-        lines.append(f"{name:<18}{f['requests']:>10}{f['rps']:>10.0f}{f['p50_ms']:>10.2f}{f['p99_ms']:>10.2f}"
-                     f"{f['errors']:>8}{f['server_cpu_ms']:>19.3f}")
+        lines.append(f"{name:<18}{f['requests']:>10.0f}{f['rps']:>10.0f}{f['p50_ms']:>10.2f}{f['p99_ms']:>10.2f}"
+                     f"{f['errors']:>8.0f}{f['server_cpu_ms']:>19.3f}")
     throughput, tail = rec["rps"] / bare["rps"], rec["p99_ms"] / bare["p99_ms"]
     lines.append(f"throughput ratio {throughput:.2f} (target >= 0.7), p99 ratio {tail:.2f} (target <= 2)")
     sys.stdout.write("\n".join(lines) + "\n")

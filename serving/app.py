@@ -4,6 +4,11 @@ Startup (the lifespan) loads the champion, or the last-known-good copy when the 
 is unavailable, or nothing: the server starts in every case, ``/healthz`` answers, and
 ``/readyz`` says whether and how a model is served. Every error response is JSON
 ``{"detail": ...}``; bad input is a 4xx, never a 500.
+
+Every request passes, outermost first: ``X-Served-By`` (:mod:`serving.tail`), metrics,
+:class:`~serving.guard.Guard` (load shedding, API key, rate limits), ``HEAD``/``OPTIONS``
+(:mod:`serving.methods`), the body-size cap, and the erased-user rewrite; routes then check
+the key's scope (:class:`~serving.deps.RequireScope`).
 """
 
 from __future__ import annotations
@@ -13,22 +18,32 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
+from starlette.routing import BaseRoute, Route
 from threadpoolctl import threadpool_limits
 
 from recsys.home import EngineHome
+from serving.auth import KeyRing
 from serving.cache import LastKnownGood
 from serving.config import ServingSettings
 from serving.deps import Services
 from serving.erasure import ErasedAsUnknown, ErasedUsers
-from serving.limits import BodySizeLimit, document_errors
+from serving.guard import Guard
+from serving.limits import BodySizeLimit
 from serving.live import LiveInteractions
+from serving.methods import ImplicitMethods
 from serving.metrics import Metrics, MetricsMiddleware
+from serving.openapi import document_errors
+from serving.quota import DailyQuota
+from serving.ratelimit import TokenBuckets
+from serving.redact import install_access_log_redaction
 from serving.reports import ReportFiles
 from serving.routers import admin, interactions, ops, recommendations, reports
 from serving.segments import SegmentWriter
@@ -37,6 +52,8 @@ from serving.state import ModelHolder, ServedModel
 from serving.tail import PeerFollower, PeerInteractions, ReloadRequests, SegmentTail, ServedBy
 
 log = logging.getLogger(__name__)
+
+ROUTERS = (recommendations, interactions, ops, admin, reports)
 
 DESCRIPTION = """\
 Recommendations for a public cultural-resource platform (文化云): personal lists, district
@@ -57,13 +74,27 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     app.state.services = services
     app.add_middleware(ErasedAsUnknown, erased=services.erased)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # inside metrics: 413s are counted
+    app.add_middleware(ImplicitMethods, routes=lambda: every_route(app))
+    app.add_middleware(Guard, **guard_options(services))  # before the body is read or a route is matched
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     app.add_middleware(ServedBy)  # outermost: every answer names its process
+    install_access_log_redaction()
     _add_error_handlers(app)
-    for module in (recommendations, interactions, ops, admin, reports):
+    for module in ROUTERS:
         app.include_router(module.router)
-    document_errors(app)
+    document_errors(app, lambda: every_route(app))
     return app
+
+
+def every_route(app: FastAPI) -> list[BaseRoute]:
+    """The app's own routes (docs, schema) and every router's, each with its full path.
+
+    Read from the routers themselves: FastAPI versions differ in whether ``app.routes`` lists
+    an included router's routes or one entry for the whole router. A route listed twice
+    (older versions) is harmless to both readers.
+    """
+    own = [route for route in app.router.routes if isinstance(route, Route)]
+    return [*own, *(route for module in ROUTERS for route in module.router.routes)]
 
 
 def build_services(settings: ServingSettings) -> Services:
@@ -83,7 +114,25 @@ def build_services(settings: ServingSettings) -> Services:
         reports=ReportFiles(home.reports / "latest"),
         metrics=metrics,
         erased=ErasedUsers(home.tombstones, on_erased=live.forget),
+        keys=KeyRing.from_settings(_secret(settings.admin_key), _secret(settings.api_keys), settings.api_keys_file),
+        quota=DailyQuota(home.serving_cache.parent / "quota", settings.daily_rows_per_key),
     )
+
+
+def guard_options(services: Services) -> dict[str, Any]:
+    """The :class:`Guard`'s arguments from the settings (rates of 0 switch a limit off)."""
+    settings = services.settings
+    per_minute = settings.wrong_keys_per_minute
+    return {
+        "keys": services.keys, "metrics": services.metrics, "max_in_flight": settings.max_in_flight,
+        "per_key": TokenBuckets(settings.rate_per_key, settings.burst_per_key),
+        "per_ip": TokenBuckets(settings.rate_per_ip, settings.burst_per_ip),
+        "wrong_keys": TokenBuckets(per_minute / 60, per_minute),
+    }
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def model_source(settings: ServingSettings, home: EngineHome) -> ModelSource:

@@ -1,4 +1,4 @@
-"""Request dependencies (the app's services, the served model, admin auth) and query parsing.
+"""Request dependencies (the app's services, the served model, API key scopes) and query parsing.
 
 Dependencies are ``async`` and flat on purpose: none of them blocks, an async dependency
 runs on the event loop instead of costing a thread-pool hop, and every nested dependency
@@ -8,18 +8,20 @@ costs FastAPI a resolution pass per request. Query checks that need more than a 
 
 from __future__ import annotations
 
-import hmac
 import time
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Query, Request, status
+from fastapi import Depends, HTTPException, Query, Request, status
 
 from recsys.contract import parse_timestamp
+from serving.auth import KEY_FIELD, ApiKey, KeyRing, Scope, authorize
 from serving.config import ServingSettings
 from serving.erasure import ErasedUsers
 from serving.live import LiveInteractions
 from serving.metrics import Metrics
+from serving.quota import DailyQuota
+from serving.redact import public_text
 from serving.reports import ReportFiles
 from serving.segments import SegmentWriter
 from serving.state import ModelHolder, ServedModel
@@ -38,6 +40,8 @@ class Services:
     reports: ReportFiles
     metrics: Metrics
     erased: ErasedUsers
+    keys: KeyRing
+    quota: DailyQuota
 
 
 async def services(request: Request) -> Services:
@@ -53,7 +57,7 @@ async def served_model(request: Request) -> ServedModel:
     current = holder.current
     if current is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            detail=f"no model is loaded yet: {holder.problem or 'starting'}")
+                            detail=f"no model is loaded yet: {public_text(holder.problem) or 'starting'}")
     return current
 
 
@@ -102,21 +106,33 @@ def place_of(lat: float | None, lon: float | None, radius_km: float | None) -> P
     return Place(lat, lon, radius_km)
 
 
-async def require_admin(
-    svc: ServicesDep,
-    x_api_key: Annotated[str | None, Header(description="the admin key (RECSYS_ADMIN_KEY)")] = None,
-) -> None:
-    """Admin routes: disabled without a configured key, 401 without a key, 403 with a wrong one."""
-    configured = svc.settings.admin_key
-    if configured is None or not configured.get_secret_value():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="the admin API is disabled (RECSYS_ADMIN_KEY is not set)")
-    if not x_api_key:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="missing X-API-Key header",
-                            headers={"WWW-Authenticate": "APIKey"})
-    # Header values arrive decoded as latin-1: encoding back gives the bytes the client sent,
-    # so a non-ASCII key sent as UTF-8 matches the configured key's UTF-8 bytes.
-    if not hmac.compare_digest(x_api_key.encode("latin-1"), configured.get_secret_value().encode("utf-8")):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="wrong API key")
+class RequireScope:
+    """Dependency: the request's API key must hold ``scope`` (401 without a key, 403 without the scope).
+
+    ``personal``: the route reads a resident's data, which ``RECSYS_OPEN_PERSONAL_READS``
+    may open to callers without a key (an internal network that vouches for its callers).
+    The OpenAPI schema documents the key and the scope of every route using one of these
+    (:func:`serving.openapi.document_errors`).
+    """
+
+    def __init__(self, scope: Scope, *, personal: bool = False) -> None:
+        self.scope = scope
+        self.personal = personal
+
+    def is_open(self, settings: ServingSettings) -> bool:
+        return self.personal and settings.open_personal_reads
+
+    async def __call__(self, request: Request) -> ApiKey | None:
+        svc: Services = request.app.state.services
+        if self.is_open(svc.settings):
+            return request.scope.get(KEY_FIELD)
+        return authorize(request.scope, self.scope, svc.keys)
 
 
-AdminDep = Annotated[None, Depends(require_admin)]
+ADMIN = RequireScope(Scope.ADMIN)
+WRITE_INTERACTIONS = RequireScope(Scope.WRITE_INTERACTIONS)
+PERSONAL_READ = RequireScope(Scope.READ, personal=True)
+
+AdminDep = Annotated[ApiKey, Depends(ADMIN)]
+InteractionsWriterDep = Annotated[ApiKey, Depends(WRITE_INTERACTIONS)]
+PersonalReaderDep = Annotated[ApiKey | None, Depends(PERSONAL_READ)]

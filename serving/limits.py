@@ -4,11 +4,7 @@
 ``Content-Length`` over the cap is refused at once, and a body sent without one (chunked)
 is counted as it streams in and refused as soon as it passes the cap. Either way the
 client gets ``413`` with a JSON ``{"detail": ...}``, like every other error of the API.
-
-:func:`document_errors` makes the OpenAPI schema tell the truth about those errors: the
-app answers ``422`` with ``{"detail": "<message>", "errors": [...]}`` (not FastAPI's
-default list), ``400``/``413`` where a body is accepted, and ``503`` on the ``/v1`` routes
-(no model loaded yet, or the store cannot be written).
+(:mod:`serving.openapi` documents it.)
 """
 
 from __future__ import annotations
@@ -17,13 +13,11 @@ import json
 import logging
 from typing import Any
 
-from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
-ERROR_SCHEMA = "ErrorBody"
 _CONTENT_TOO_LARGE = 413
 
 
@@ -120,77 +114,13 @@ def declared_length(scope: Scope) -> int | None:
     return None
 
 
-async def send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+async def send_json(send: Send, status: int, body: dict[str, Any], *, close: bool = True,
+                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer with a JSON body from ASGI middleware (``close``: tell the client the connection ends)."""
     payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-        (b"connection", b"close"),
-    ]})
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+            *(headers or [])]
+    if close:
+        head.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": payload})
-
-
-# --------------------------------------------------------------------------- the documented errors
-
-_ERROR_BODY = {
-    "title": ERROR_SCHEMA,
-    "type": "object",
-    "required": ["detail"],
-    "properties": {
-        "detail": {"type": "string", "description": "what is wrong, in one sentence"},
-        "errors": {
-            "type": "array",
-            "description": "validation errors: where (loc), what (msg) and its kind (type)",
-            "items": {"type": "object", "properties": {
-                "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
-                "msg": {"type": "string"},
-                "type": {"type": "string"},
-            }},
-        },
-    },
-}
-_REF = {"$ref": f"#/components/schemas/{ERROR_SCHEMA}"}
-
-
-def document_errors(app: FastAPI) -> None:
-    """Wrap ``app.openapi`` so the schema documents the error bodies the app really sends."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        schema = generate()  # FastAPI caches it (and rebuilds it when routes change)
-        _patch(schema)  # idempotent, so patching the cached copy again is harmless
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _patch(schema: dict[str, Any]) -> None:
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components[ERROR_SCHEMA] = _ERROR_BODY
-    for name in ("HTTPValidationError", "ValidationError"):
-        components.pop(name, None)
-    for path, operations in schema.get("paths", {}).items():
-        for operation in operations.values():
-            responses = operation.setdefault("responses", {})
-            for code, response in responses.items():
-                if code.startswith(("4", "5")):
-                    _use_error_body(response)
-            if "422" in responses:
-                responses["422"]["description"] = "invalid input"
-            if "requestBody" in operation:
-                responses.setdefault("400", _error_response("the body is not readable (e.g. nested too deep)"))
-                responses.setdefault("413", _error_response("request body over the size limit"))
-            if path.startswith("/v1/"):
-                responses.setdefault("503", _error_response(
-                    "temporarily unavailable: no model loaded yet, or the store cannot be written"))
-
-
-def _use_error_body(response: dict[str, Any]) -> None:
-    """Point an error response at :data:`ERROR_SCHEMA` unless it already names its own model."""
-    content = response.setdefault("content", {}).setdefault("application/json", {})
-    current = content.get("schema")
-    if current is None or current.get("$ref", "").endswith("/HTTPValidationError"):
-        content["schema"] = _REF
-
-
-def _error_response(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _REF}}}

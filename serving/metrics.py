@@ -33,6 +33,8 @@ class Metrics:
                                  ["endpoint", "kind"], registry=r)
         self.interactions = Counter("recsys_interactions", "Posted interactions by outcome", ["outcome"], registry=r)
         self.reloads = Counter("recsys_model_reloads", "Model (re)loads by outcome", ["outcome"], registry=r)
+        self.refusals = Counter("recsys_refusals", "Requests refused before routing (429/503), by reason",
+                                ["reason"], registry=r)
         self.model_version = Gauge("recsys_model_version", "Served model version (numeric registry versions)",
                                    registry=r)
         self.model_degraded = Gauge("recsys_model_degraded", "1 while serving the last-known-good copy", registry=r)

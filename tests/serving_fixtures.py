@@ -6,6 +6,10 @@ items ending on successive days around :data:`T0`, hidden items, and users who a
 users table but have no history. ``demo_data()`` is the synthetic Beijing cultural cloud
 (small), built the way training builds it. ``register_version`` logs and registers a bundle
 through ``training.registry`` exactly as the training job does.
+
+Every test app and server holds the test keys (:data:`TEST_API_KEYS`) and runs without rate
+limits (a test's own pace is not what it tests) unless it says otherwise: clients send
+:data:`APP_KEY`, which has every scope, through :data:`KEY_HEADERS`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from recsys.catalog import Catalog
 from recsys.models.base import TrainingData
 from recsys.settings import EngineSettings
 from recsys.users import UserTable
+from serving.auth import API_KEY_HEADER
+from serving.config import ServingSettings, env_name
+from serving.connections import PROTOCOL
 from tests.model_fixtures import CATEGORIES, planted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +46,27 @@ COLD_USERS = ("cold-60+", "cold-18-34")
 """In the users table (region 110119) without any history."""
 CENTER = (39.90, 116.40)
 FAST_HYBRID = {"als": {"factors": 16, "iterations": 8, "num_threads": 1}}
+
+APP_KEY = "test-app-key-with-every-scope"
+WRITER_KEY = "test-key-of-an-app-backend"
+"""An app's usual key: reads personal lists and posts interactions, administers nothing."""
+READ_KEY = "test-key-that-may-only-read"
+TEST_API_KEYS = (f"{APP_KEY}=read+write:interactions+write:items+admin,{WRITER_KEY}=read+write:interactions,"
+                 f"{READ_KEY}=read")
+KEY_HEADERS = {API_KEY_HEADER: APP_KEY}
+UNLIMITED = {"rate_per_key": 0.0, "rate_per_ip": 0.0}
+"""Rate limits off: the tests of other things send requests as fast as they can."""
+
+
+def keyed_settings(**settings: Any) -> ServingSettings:
+    """Settings of a test app: the test keys and no rate limits, unless ``settings`` say otherwise."""
+    return ServingSettings(**{"api_keys": TEST_API_KEYS, **UNLIMITED, **settings})
+
+
+def keyed_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The same for a server process, as environment variables (``env`` wins)."""
+    defaults = {env_name("api_keys"): TEST_API_KEYS, **{env_name(k): str(v) for k, v in UNLIMITED.items()}}
+    return {**defaults, **(env or {})}
 
 
 def iso(epoch: float) -> str:
@@ -124,12 +152,13 @@ def free_port() -> int:
 
 
 class Server:
-    """``python -m uvicorn serving.app:create_app --factory`` in a subprocess."""
+    """``python -m uvicorn serving.app:create_app --factory`` in a subprocess, with the protocol
+    ``recsys serve`` runs (connection cap, read timeouts) and the test keys (:func:`keyed_env`)."""
 
     def __init__(self, env: dict[str, str], log_path: Path, app: str = "serving.app:create_app") -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1", **env}
+        self.env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1", **keyed_env(env)}
         self.log_path = log_path
         self.app = app
         self.process: subprocess.Popen[bytes] | None = None
@@ -140,7 +169,7 @@ class Server:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it for its lifetime
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", self.app, "--factory", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning"],
+             "--port", str(self.port), "--log-level", "warning", "--http", PROTOCOL],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout

@@ -25,12 +25,11 @@ from recsys.contract import Reason, latest_event_time
 from recsys.home import EngineHome
 from recsys.settings import EngineSettings
 from serving.app import create_app
-from serving.config import ServingSettings
 from serving.erasure import ErasedUsers
 from serving.live import LiveInteractions
 from serving.segments import SegmentWriter
 from serving.tail import PeerInteractions, SegmentTail
-from tests.serving_fixtures import rules_data, write_bundle
+from tests.serving_fixtures import KEY_HEADERS, keyed_settings, rules_data, write_bundle
 from tests.test_report_aggregates import tiny_items, tiny_users
 from training.cli import app
 from training.report import write_report
@@ -125,7 +124,7 @@ def test_a_future_dated_post_is_rejected_with_future_time(bundle: Path, tmp_path
         {"user_id": "c1", "item_id": "i7", "action": "view", "ts": (now() + dt.timedelta(days=2)).timestamp()},
         {"user_id": "c1", "item_id": "i8", "action": "view", "ts": iso(now() + dt.timedelta(minutes=5))},
     ]
-    with TestClient(create_app(ServingSettings(home=home, model_dir=bundle))) as client:
+    with TestClient(create_app(keyed_settings(home=home, model_dir=bundle)), headers=KEY_HEADERS) as client:
         response = client.post("/v1/interactions", json=batch)
     assert response.status_code == 202
     body = response.json()

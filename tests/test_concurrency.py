@@ -32,7 +32,7 @@ from tests.robustness_fixtures import (
     trained_small_home,
     wait_for,
 )
-from tests.serving_fixtures import Server
+from tests.serving_fixtures import KEY_HEADERS, Server
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +129,7 @@ def test_the_api_answers_every_request_while_a_train_runs(trained: Path, tmp_pat
     stop = threading.Event()
 
     def client_loop(slot: int) -> None:
-        with httpx.Client(base_url=server.base, timeout=30) as client:
+        with httpx.Client(base_url=server.base, timeout=30, headers=KEY_HEADERS) as client:
             k = slot
             while not stop.is_set():
                 k += 3
@@ -166,7 +166,7 @@ def test_the_api_answers_every_request_while_a_train_runs(trained: Path, tmp_pat
         assert failures == [] and during > 100, (failures[:5], during)
         reload = httpx.post(f"{server.base}/v1/admin/reload", headers={"X-API-Key": ADMIN_KEY}, timeout=60)
         assert reload.status_code == 200 and reload.json()["version"] == summary["champion"]
-        listed = httpx.get(f"{server.base}/v1/users/{users[0]}/recommendations", timeout=10)
+        listed = httpx.get(f"{server.base}/v1/users/{users[0]}/recommendations", timeout=10, headers=KEY_HEADERS)
         assert listed.status_code == 200 and listed.json()["model_version"] == summary["champion"]
     finally:
         server.stop()

@@ -40,7 +40,6 @@ from recsys.bundle import ModelBundle
 from recsys.contract import Reason
 from recsys.home import EngineHome
 from serving.app import create_app
-from serving.config import ServingSettings
 from tests.demo_store import cli_json, run_cli, train_cli
 from tests.robustness_fixtures import (
     big_interactions,
@@ -52,7 +51,7 @@ from tests.robustness_fixtures import (
     trained_small_home,
     wait_for,
 )
-from tests.serving_fixtures import Server, rules_data, write_bundle
+from tests.serving_fixtures import KEY_HEADERS, Server, keyed_settings, rules_data, write_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +76,7 @@ def test_sigkill_while_posting_keeps_every_acknowledged_interaction(bundle: Path
     stop = threading.Event()
 
     def post_nonstop() -> None:
-        with httpx.Client(base_url=server.base, timeout=5) as client:
+        with httpx.Client(base_url=server.base, timeout=5, headers=KEY_HEADERS) as client:
             k = 0
             while not stop.is_set():
                 rows = [(f"kill-{k}", items[(k * 5 + j) % len(items)], 1_795_000_000 + k * 10 + j) for j in range(5)]
@@ -106,7 +105,8 @@ def test_sigkill_while_posting_keeps_every_acknowledged_interaction(bundle: Path
     revived = Server(env, tmp_path / "server.log").start()
     try:
         after_restart = [{"user_id": "after-restart", "item_id": items[1], "action": "attend", "ts": 1_795_100_000}]
-        assert httpx.post(f"{revived.base}/v1/interactions", json=after_restart, timeout=10).status_code == 202
+        posted = httpx.post(f"{revived.base}/v1/interactions", json=after_restart, timeout=10, headers=KEY_HEADERS)
+        assert posted.status_code == 202
         summary = cli_json(run_cli("ingest", "--home", str(home.root), "--json"))
     finally:
         revived.stop()
@@ -212,8 +212,11 @@ def cli_json_text(stdout: str) -> dict:
 
 
 # ---- (d) the registry away ----------------------------------------------------------------
+OUTAGE_KEY = "outage-admin-key-0001"
+
+
 def registry_client(root: Path) -> TestClient:
-    return TestClient(create_app(ServingSettings(home=root, admin_key="outage-key")))
+    return TestClient(create_app(keyed_settings(home=root, admin_key=OUTAGE_KEY)), headers=KEY_HEADERS)
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +256,7 @@ def test_registry_outage_at_startup_serves_the_last_known_good_copy(
         assert client.get("/v1/model").json()["source"] == "last_known_good"
         listed = client.get("/v1/users/u000001/recommendations")
         assert listed.status_code == 200 and listed.json()["model_version"] == "1"
-        refused = client.post("/v1/admin/reload", headers={"X-API-Key": "outage-key"})
+        refused = client.post("/v1/admin/reload", headers={"X-API-Key": OUTAGE_KEY})
         assert refused.status_code == 409 and refused.json()["serving_version"] == "1"
         assert client.get("/readyz").json()["status"] == "degraded"
 
@@ -279,7 +282,7 @@ def test_reload_of_a_corrupt_registered_version_is_refused(cached_home: Path, tm
     with registry_client(root) as api:
         assert api.get("/readyz").json() == {"status": "ready", "version": "1", "reason": None}
         registry.promote(client, version)
-        failed = api.post("/v1/admin/reload", headers={"X-API-Key": "outage-key"})
+        failed = api.post("/v1/admin/reload", headers={"X-API-Key": OUTAGE_KEY})
         assert failed.status_code == 409 and failed.json()["serving_version"] == "1"
         assert api.get("/v1/model").json()["version"] == "1"
         assert api.get("/v1/users/u000001/recommendations").json()["model_version"] == "1"

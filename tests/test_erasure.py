@@ -24,9 +24,9 @@ from features.ingest import TableCounts, ingest, read_incoming
 from recsys.bundle import ModelBundle
 from recsys.home import EngineHome
 from serving.app import create_app
-from serving.config import ServingSettings
+from serving.auth import API_KEY_HEADER
 from tests.demo_store import cli_json, run_cli
-from tests.serving_fixtures import rules_data, write_bundle
+from tests.serving_fixtures import WRITER_KEY, keyed_settings, rules_data, write_bundle
 
 ADMIN_KEY = "erasure-admin-key"
 ERASED = "u1"
@@ -70,7 +70,9 @@ def home(tmp_path: Path, bundle: Path) -> EngineHome:
 
 
 def make_client(home: EngineHome, bundle: Path) -> TestClient:
-    return TestClient(create_app(ServingSettings(home=home.root, model_dir=bundle, admin_key=ADMIN_KEY)))
+    """The client of an app backend: its key reads and posts, and may not erase."""
+    app = create_app(keyed_settings(home=home.root, model_dir=bundle, admin_key=ADMIN_KEY))
+    return TestClient(app, headers={API_KEY_HEADER: WRITER_KEY})
 
 
 @pytest.fixture
@@ -93,7 +95,8 @@ def post(client: TestClient, *rows: tuple[str, str]) -> dict:
 
 
 def erase(client: TestClient, user: str, key: str | None = ADMIN_KEY):
-    return client.delete(f"/v1/users/{user}", headers={"X-API-Key": key} if key else {})
+    """``DELETE /v1/users/{user}`` with ``key`` (None: with none at all)."""
+    return client.delete(f"/v1/users/{user}", headers={API_KEY_HEADER: key or ""})
 
 
 # ---- what the store holds, file by file --------------------------------------------------
@@ -148,7 +151,8 @@ def test_erased_user_leaves_the_api_the_store_and_the_report(home: EngineHome, c
     assert personal["fallback"] is None and client.app.state.services.live.of(ERASED)
 
     assert erase(client, ERASED, key=None).status_code == 401
-    assert erase(client, ERASED, key="wrong").status_code == 403
+    assert erase(client, ERASED, key="wrong").status_code == 401
+    assert erase(client, ERASED, key=WRITER_KEY).status_code == 403  # an app's key may not erase
     response = erase(client, ERASED)
     assert response.status_code == 200 and response.json()["status"] == "erased"
     tombstones = [json.loads(line) for line in home.tombstones.read_text(encoding="utf-8").splitlines()]

@@ -11,7 +11,11 @@ parameters (``lat`` without ``lon``, ``radius_km`` without a place, an ``at`` th
 time); the check ``positive_data_acceptance`` is replaced by one that allows exactly those.
 User and item ids may hold ``/`` (``DELETE /v1/users/a/recommendations`` erases the user
 ``a/recommendations``), so under ``/v1/users/`` an undeclared method on a declared path is
-not expected to be a 405 (check ``unsupported_method``). ``POST /v1/interactions`` judges each
+not expected to be a 405 (check ``unsupported_method``), and the ``Allow`` of an ``OPTIONS``
+there rightly lists ``DELETE`` (check ``allow_header_conformance``). Every request carries the test key
+with every scope, so the handlers are reached (the refusals without one are tested in
+``tests/test_serving_keys.py``); the schema must still document 401/403/429.
+``POST /v1/interactions`` judges each
 element on its own (a bad one is listed in ``rejected``, the batch still answers 202), so
 there the check ``negative_data_rejection`` is replaced by: every element is either
 accepted or rejected, and every element that breaks the contract is rejected.
@@ -27,13 +31,13 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from pydantic import ValidationError
 from schemathesis.checks import negative_data_rejection, positive_data_acceptance, unsupported_method
+from schemathesis.core.parameters import ParameterLocation
+from schemathesis.specs.openapi.checks import allow_header_conformance
 
 from recsys.contract import InteractionIn
 from serving.app import create_app
-from serving.config import ServingSettings
-from tests.serving_fixtures import rules_data, write_bundle
+from tests.serving_fixtures import KEY_HEADERS, keyed_settings, rules_data, write_bundle
 
-ADMIN_KEY = "fuzz-admin-key"
 EXAMPLES = 80
 CROSS_PARAMETER_RULES = ("lat and lon must be given together", "radius_km needs lat and lon", "at: cannot read")
 """The 422 details a schema-valid request may get (rules across parameters, or ``at`` not a time)."""
@@ -51,8 +55,9 @@ def fuzzed_app(tmp_path_factory: pytest.TempPathFactory):
                                "top_lifts": [], "gaps": [], "trends": [], "top_items": []}},
     }, ensure_ascii=False), encoding="utf-8")
     (reports / "report.html").write_text("<html><body>群众点菜</body></html>", encoding="utf-8")
-    return create_app(ServingSettings(home=root / "home", model_dir=bundle, admin_key=ADMIN_KEY,
-                                      max_batch=200, max_body_bytes=64 * 1024))
+    # schemathesis also sends wrong keys on purpose: throttling them is tested elsewhere
+    return create_app(keyed_settings(home=root / "home", model_dir=bundle, max_batch=200, max_body_bytes=64 * 1024,
+                                     wrong_keys_per_minute=1_000_000))
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +72,15 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))
 def test_no_server_error_and_every_answer_matches_the_schema(case) -> None:
-    if case.operation.tags and "admin" in case.operation.tags:
-        case.headers = {**(case.headers or {}), "X-API-Key": ADMIN_KEY}  # reach the handlers, not only the 401
     excluded = [positive_data_acceptance]
     if case.operation.path.startswith("/v1/users/"):
-        excluded.append(unsupported_method)
+        excluded.extend((unsupported_method, allow_header_conformance))
     if case.operation.path == "/v1/interactions":
         excluded.append(negative_data_rejection)
-    response = case.call_and_validate(excluded_checks=excluded)
+    # The key as explicit auth: schemathesis sends it, and also probes without it and with a wrong one.
+    # A case generated with a broken header (the key missing or random) is sent as generated.
+    broken_key = case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER)
+    response = case.call_and_validate(excluded_checks=excluded, headers=None if broken_key else KEY_HEADERS)
     assert response.status_code < 500, response.text
     if case.meta is not None and case.meta.generation.mode.is_positive and response.status_code == 422:
         assert response.json()["detail"].startswith(CROSS_PARAMETER_RULES), response.text
@@ -97,7 +103,7 @@ def assert_each_element_judged(batch: list, answer: dict) -> None:
 def test_the_schema_documents_the_error_bodies_the_app_sends(fuzzed_app) -> None:
     from fastapi.testclient import TestClient
 
-    with TestClient(fuzzed_app) as client:
+    with TestClient(fuzzed_app, headers=KEY_HEADERS) as client:
         document = client.get("/openapi.json").json()
         refused = client.get("/v1/users/u1/recommendations", params={"lat": 1})
     components = document["components"]["schemas"]
@@ -108,6 +114,13 @@ def test_the_schema_documents_the_error_bodies_the_app_sends(fuzzed_app) -> None
     posted = document["paths"]["/v1/interactions"]["post"]["responses"]
     assert {"400", "413", "422", "503"} <= set(posted)
     assert "503" not in document["paths"]["/healthz"]["get"]["responses"]
+    assert {"401", "403", "429"} <= set(users) and {"401", "403", "429"} <= set(posted)
+    assert document["paths"]["/v1/users/{user_id}/recommendations"]["get"]["x-required-scope"] == "read"
+    assert document["paths"]["/v1/interactions"]["post"]["x-required-scope"] == "write:interactions"
+    assert document["paths"]["/v1/users/{user_id}"]["delete"]["x-required-scope"] == "admin"
+    assert "security" not in document["paths"]["/v1/regions/{region_code}/recommendations"]["get"]
+    assert document["components"]["securitySchemes"]["ApiKey"]["name"] == "X-API-Key"
+    assert "Retry-After" in users["429"]["headers"]
     assert refused.status_code == 422 and refused.json() == {"detail": "lat and lon must be given together"}
 
 
@@ -115,7 +128,7 @@ def test_the_fuzzed_app_is_still_healthy_afterwards(fuzzed_app) -> None:
     """Fuzzing erased users, reloaded the model and posted interactions: it still serves."""
     from fastapi.testclient import TestClient
 
-    with TestClient(fuzzed_app) as client:
+    with TestClient(fuzzed_app, headers=KEY_HEADERS) as client:
         assert client.get("/readyz").json()["status"] == "ready"
         assert client.get("/v1/users/u1/recommendations").status_code == 200
     tombstones = Path(fuzzed_app.state.services.erased.path)

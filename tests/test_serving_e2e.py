@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 
 from recsys.bundle import ModelBundle
 from recsys.home import EngineHome
-from tests.serving_fixtures import Server, demo_data, free_port, iso, register_version, write_bundle
+from tests.serving_fixtures import KEY_HEADERS, Server, demo_data, free_port, iso, register_version, write_bundle
 
 pytestmark = pytest.mark.slow
 
-ADMIN_KEY = "e2e-admin-key"
+ADMIN_KEY = "e2e-admin-key-0001"
 END = dt.datetime(2026, 10, 31, 23, 0, tzinfo=dt.UTC).timestamp()
 """Last day of the synthetic data; request times are drawn around it."""
 
@@ -106,7 +106,8 @@ def test_every_list_obeys_the_rules(server, registry_home, who, offset_hours, n,
         params["kind"] = kind
     if place:
         params.update(lat=place[0], lon=place[1], radius_km=place[2])
-    response = httpx.get(f"{server.base}/v1/users/{quote(who, safe='')}/recommendations", params=params, timeout=10)
+    response = httpx.get(f"{server.base}/v1/users/{quote(who, safe='')}/recommendations", params=params, timeout=10,
+                         headers=KEY_HEADERS)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["user_id"] == who and body["model_version"] == registry_home["versions"][0]
@@ -137,7 +138,7 @@ def test_accepted_interactions_survive_sigkill(registry_home):
     victim = Server(server_env(home), log).start()
     posted = [{"user_id": "被杀前的用户", "item_id": registry_home["bundle"].catalog.items.id_of(i),
                "action": "reserve", "ts": iso(END)} for i in (5, 6)]
-    response = httpx.post(f"{victim.base}/v1/interactions", json=posted, timeout=10)
+    response = httpx.post(f"{victim.base}/v1/interactions", json=posted, timeout=10, headers=KEY_HEADERS)
     victim.kill()  # right after the 202: no shutdown hook runs
     assert response.status_code == 202 and response.json()["accepted"] == 2
     lines = [line for rows in incoming_lines(home).values() for line in rows if line["user_id"] == "被杀前的用户"]
@@ -147,7 +148,7 @@ def test_accepted_interactions_survive_sigkill(registry_home):
     revived = Server(server_env(home, RECSYS_RELOAD_INTERVAL="0.5"), log).start()
     try:
         before = set(incoming_lines(home))
-        again = httpx.post(f"{revived.base}/v1/interactions", json=posted[:1], timeout=10)
+        again = httpx.post(f"{revived.base}/v1/interactions", json=posted[:1], timeout=10, headers=KEY_HEADERS)
         assert again.status_code == 202 and len(set(incoming_lines(home)) - before) == 1
         promote(home, registry_home["versions"][1])
         deadline = time.monotonic() + 20
@@ -168,7 +169,7 @@ def test_reload_under_load_fails_no_request(server, registry_home):
     failures: list[str] = []
 
     def hammer(slot: int) -> None:
-        with httpx.Client(base_url=server.base, timeout=10) as client:
+        with httpx.Client(base_url=server.base, timeout=10, headers=KEY_HEADERS) as client:
             k = slot
             while not stop.is_set():
                 k += 1
@@ -215,7 +216,7 @@ def test_unreachable_registry_serves_the_last_known_good_copy(registry_home):
         ready = httpx.get(f"{cached.base}/readyz").json()
         assert ready["status"] == "degraded" and ready["version"] in registry_home["versions"]
         assert "last-known-good" in ready["reason"]
-        response = httpx.get(f"{cached.base}/v1/users/u000001/recommendations")
+        response = httpx.get(f"{cached.base}/v1/users/u000001/recommendations", headers=KEY_HEADERS)
         assert response.status_code == 200 and response.json()["model_version"] == ready["version"]
         failed = httpx.post(f"{cached.base}/v1/admin/reload", headers={"X-API-Key": ADMIN_KEY}, timeout=60)
         assert failed.status_code == 409 and failed.json()["serving_version"] == ready["version"]

@@ -25,11 +25,21 @@ from recsys.catalog import Catalog
 from recsys.home import EngineHome
 from recsys.settings import EngineSettings
 from serving.app import create_app
-from serving.config import ServingSettings
 from serving.live import LiveInteractions
 from serving.segments import SegmentWriter
 from tests.model_fixtures import CATEGORIES
-from tests.serving_fixtures import CENTER, COLD_USERS, DAY, HIDDEN, T0, iso, rules_data, write_bundle
+from tests.serving_fixtures import (
+    CENTER,
+    COLD_USERS,
+    DAY,
+    HIDDEN,
+    KEY_HEADERS,
+    T0,
+    iso,
+    keyed_settings,
+    rules_data,
+    write_bundle,
+)
 
 ADMIN_KEY = "s3cret-admin-key"
 USERS = 300
@@ -58,8 +68,9 @@ def catalog(bundle_a) -> Catalog:
 
 
 def make_client(home: Path, model_dir: Path, admin_key: str | None = ADMIN_KEY, **extra) -> TestClient:
-    app = create_app(ServingSettings(home=home, model_dir=model_dir, admin_key=admin_key, **extra))
-    return TestClient(app)
+    """A test app's client sending the test key (every scope) with each request."""
+    app = create_app(keyed_settings(home=home, model_dir=model_dir, admin_key=admin_key, **extra))
+    return TestClient(app, headers=KEY_HEADERS)
 
 
 @pytest.fixture(scope="module")
@@ -241,8 +252,8 @@ def test_unencoded_plus_in_time_is_understood(client):
 
 
 def test_unexpected_errors_are_json_500(bundle_a, tmp_path, monkeypatch):
-    app = create_app(ServingSettings(home=tmp_path, model_dir=bundle_a))
-    with TestClient(app, raise_server_exceptions=False) as c:
+    app = create_app(keyed_settings(home=tmp_path, model_dir=bundle_a))
+    with TestClient(app, raise_server_exceptions=False, headers=KEY_HEADERS) as c:
         engine = app.state.services.holder.current.engine
         monkeypatch.setattr(engine, "for_user", lambda *a, **k: 1 / 0)
         response = c.get("/v1/users/u1/recommendations")
@@ -370,11 +381,11 @@ def test_model_info_and_readiness(client):
 
 
 def test_admin_needs_the_right_key(client, bundle_a, tmp_path):
-    assert client.post("/v1/admin/reload").status_code == 401
-    assert client.post("/v1/admin/reload", headers={"X-API-Key": "wrong"}).status_code == 403
-    assert client.post("/v1/admin/reload", headers={"X-API-Key": "ключ-密钥".encode()}).status_code == 403
-    with make_client(tmp_path, bundle_a, admin_key=None) as disabled:
-        for headers in ({}, {"X-API-Key": ADMIN_KEY}, {"X-API-Key": ""}):
+    assert client.post("/v1/admin/reload", headers={"X-API-Key": ""}).status_code == 401
+    assert client.post("/v1/admin/reload", headers={"X-API-Key": "wrong"}).status_code == 401
+    assert client.post("/v1/admin/reload", headers={"X-API-Key": "ключ-密钥".encode()}).status_code == 401
+    with make_client(tmp_path, bundle_a, admin_key=None, api_keys=None) as disabled:
+        for headers in ({"X-API-Key": ""}, {"X-API-Key": ADMIN_KEY}, {"X-API-Key": "anything"}):
             response = disabled.post("/v1/admin/reload", headers=headers)
             assert response.status_code == 404 and "disabled" in response.json()["detail"]
 
@@ -549,8 +560,10 @@ def test_serve_command_passes_options_to_the_workers(monkeypatch, tmp_path):
     result = CliRunner().invoke(app, ["serve", "--port", "8123", "--workers", "2", "--reload-interval", "30",
                                       "--home", str(tmp_path), "--model-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert calls == [(("serving.app:create_app",), {"factory": True, "host": "127.0.0.1", "port": 8123,
-                                                     "workers": 2, "log_level": "info"})]
+    assert calls == [(("serving.app:create_app",), {
+        "factory": True, "host": "127.0.0.1", "port": 8123, "workers": 2, "log_level": "info",
+        "http": "serving.connections:GuardedHttpToolsProtocol", "timeout_keep_alive": 5, "access_log": False,
+    })]
     assert os.environ["RECSYS_HOME"] == str(tmp_path.resolve())
     assert os.environ["RECSYS_RELOAD_INTERVAL"] == "30.0"
     assert os.environ["RECSYS_MODEL_DIR"] == str(tmp_path.resolve())

@@ -315,10 +315,11 @@ def test_the_spark_bundle_loads_with_spark_factors(trained: Trained, demo: DemoH
 def test_the_api_serves_the_spark_version(trained: Trained, demo: DemoHome,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from serving.app import create_app
+    from tests.serving_fixtures import KEY_HEADERS, keyed_settings
 
     monkeypatch.setenv("RECSYS_HOME", str(demo.root))
     user = demo.data.interactions["user_id"][0]
-    with TestClient(create_app()) as client:
+    with TestClient(create_app(keyed_settings()), headers=KEY_HEADERS) as client:
         ready = client.get("/readyz").json()
         assert ready["status"] == "ready" and ready["version"] == "1"
         response = client.get(f"/v1/users/{user}/recommendations", params={"n": 10, "at": AT})

@@ -40,7 +40,15 @@ from serving.live import LiveInteractions
 from serving.segments import SegmentWriter
 from serving.state import ServedModel
 from serving.tail import PeerInteractions, ReloadRequests, SegmentTail, parse_line, source_key
-from tests.serving_fixtures import ROOT, demo_data, free_port, register_version, write_bundle
+from tests.serving_fixtures import (
+    KEY_HEADERS,
+    ROOT,
+    demo_data,
+    free_port,
+    keyed_env,
+    register_version,
+    write_bundle,
+)
 from training import registry
 
 ADMIN_KEY = "workers-admin-key"
@@ -271,8 +279,9 @@ def two_versions(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def workers(two_versions) -> Iterator[dict]:
     port = free_port()
-    env = {**os.environ, "RECSYS_ADMIN_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    env = {**os.environ, **keyed_env({"RECSYS_ADMIN_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1",
+                                      "MLFLOW_DISABLE_TELEMETRY": "true",
+                                      "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})}
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(two_versions["root"] / "workers.log", "ab")  # noqa: SIM115 - the server writes to it
     process = subprocess.Popen(
@@ -296,7 +305,7 @@ def workers(two_versions) -> Iterator[dict]:
 
 def get(base: str, path: str, **params) -> httpx.Response:
     """One request on a fresh connection, so the kernel may hand it to either worker."""
-    return httpx.get(base + path, params=params, timeout=10)
+    return httpx.get(base + path, params=params, timeout=10, headers=KEY_HEADERS)
 
 
 def served_by(response: httpx.Response) -> int:
@@ -356,7 +365,7 @@ def test_workers_follow_each_others_posts_reloads_and_restarts(workers):
     # one item per post, until each worker accepted at least one: each must learn the other's
     accepted_by: dict[int, list[str]] = {}
     for item in candidates:
-        response = httpx.post(base + "/v1/interactions", timeout=10, json=[
+        response = httpx.post(base + "/v1/interactions", timeout=10, headers=KEY_HEADERS, json=[
             {"user_id": user, "item_id": item, "action": "reserve", "ts": POSTED_TS}])
         assert response.status_code == 202 and response.json()["accepted"] == 1, response.text
         accepted_by.setdefault(served_by(response), []).append(item)

@@ -1,7 +1,8 @@
 """Admin: swap in the registry's current champion, and erase a user on request.
 
-Every route here needs ``X-API-Key`` = ``$RECSYS_ADMIN_KEY`` (compared in constant time);
-without a configured key the routes answer 404 (disabled, never open).
+Every route here needs an API key with the ``admin`` scope (``RECSYS_ADMIN_KEY``, or one from
+the keys file or ``RECSYS_API_KEYS``, see :mod:`serving.auth`); while no key holds that scope
+the routes answer 404 (disabled, never open).
 
 With several workers a request reaches one of them. A reload reaches the others through
 the home's reload request (:mod:`serving.tail`): each worker notices it within
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.deps import AdminDep, ServicesDep
+from serving.redact import public_text
 from serving.routers.recommendations import Id  # also registers the ``id`` path convertor
 from serving.schemas import ReloadResult
 from serving.state import LoadFailed
@@ -29,10 +31,6 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["admin"])
 
-_KEY_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing key"}, 403: {"description": "wrong key"},
-    404: {"description": "admin API disabled"},
-}
 _FAILED = {"content": {"application/json": {"example": {
     "detail": "reload failed: ...", "serving_version": "7"}}}}
 
@@ -47,8 +45,7 @@ class ErasureResult(BaseModel):
 
 
 @router.post("/v1/admin/reload", response_model=ReloadResult,
-             responses={**_KEY_ERRORS,
-                        409: {**_FAILED, "description": "the new model failed to load; the old one keeps serving"},
+             responses={409: {**_FAILED, "description": "the new model failed to load; the old one keeps serving"},
                         503: {**_FAILED, "description": "the new model failed to load and nothing is serving"}})
 def reload_model(_: AdminDep, svc: ServicesDep) -> Any:
     """Load the current champion and swap it in atomically (in-flight requests finish on the old one).
@@ -62,7 +59,7 @@ def reload_model(_: AdminDep, svc: ServicesDep) -> Any:
         svc.metrics.reloads.labels("failed").inc()
         current = svc.holder.current
         code = status.HTTP_409_CONFLICT if current is not None else status.HTTP_503_SERVICE_UNAVAILABLE
-        return JSONResponse({"detail": f"reload failed: {exc}",
+        return JSONResponse({"detail": f"reload failed: {public_text(str(exc))}",
                              "serving_version": current.version if current else None}, status_code=code)
     svc.metrics.reloads.labels("ok").inc()
     try:  # tell the other processes of the home; this one already serves the new model
@@ -74,8 +71,8 @@ def reload_model(_: AdminDep, svc: ServicesDep) -> Any:
 
 
 @router.delete("/v1/users/{user_id:id}", response_model=ErasureResult,
-               responses={**_KEY_ERRORS, 503: {"description": "the erasure could not be recorded; retry"}})
-def erase_user(user_id: Id, _: AdminDep, svc: ServicesDep) -> ErasureResult:
+               responses={503: {"description": "the erasure could not be recorded; retry"}})
+def erase_user(_: AdminDep, user_id: Id, svc: ServicesDep) -> ErasureResult:
     """Erase a user (right to erasure): recorded durably before this answer.
 
     From now on the user is served as unknown and their posted interactions are refused;

@@ -1,5 +1,9 @@
 """Posted interactions: validated one by one, made durable, then applied to live state.
 
+Posting needs a key with the ``write:interactions`` scope; every posted element counts
+against the app's daily quota (:mod:`serving.quota`), checked before anything is read into
+live state.
+
 A bad element never fails its batch: it is listed in ``rejected`` with its index and a
 reason code from :class:`recsys.contract.Reason` (or :data:`USER_ERASED` for a user erased
 on request). Accepted rows are fsynced to this
@@ -17,7 +21,10 @@ from pydantic import ValidationError
 
 from recsys.catalog import Catalog
 from recsys.contract import InteractionIn, Reason, latest_event_time
-from serving.deps import ServedDep, ServicesDep
+from serving.auth import ApiKey
+from serving.deps import InteractionsWriterDep, ServedDep, Services, ServicesDep
+from serving.guard import retry_after
+from serving.quota import QuotaExceeded
 from serving.schemas import InteractionsAccepted, Rejection
 
 log = logging.getLogger(__name__)
@@ -39,11 +46,13 @@ _BODY_DOC = {"requestBody": {"content": {"application/json": {
 
 @router.post("/interactions", status_code=status.HTTP_202_ACCEPTED, response_model=InteractionsAccepted,
              openapi_extra=_BODY_DOC)
-def post_interactions(batch: Annotated[list[Any], Body()], served: ServedDep, svc: ServicesDep) -> InteractionsAccepted:
+def post_interactions(key: InteractionsWriterDep, batch: Annotated[list[Any], Body()], served: ServedDep,
+                      svc: ServicesDep) -> InteractionsAccepted:
     """Accept a list of interactions; each element is validated on its own."""
     if len(batch) > svc.settings.max_batch:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                             detail=f"at most {svc.settings.max_batch} interactions per request, got {len(batch)}")
+    reserve_quota(svc, key, len(batch))
     settings = served.bundle.settings
     latest = latest_event_time(settings.max_future_skew_days)  # this machine's clock, once per batch
     accepted: list[InteractionIn] = []
@@ -72,6 +81,22 @@ def post_interactions(batch: Annotated[list[Any], Body()], served: ServedDep, sv
     svc.metrics.interactions.labels("accepted").inc(len(accepted))
     svc.metrics.interactions.labels("rejected").inc(len(rejected))
     return InteractionsAccepted(accepted=len(accepted), rejected=rejected)
+
+
+def reserve_quota(svc: Services, key: ApiKey, rows: int) -> None:
+    """Count the batch against the app's daily quota: 429 past it, 503 if it cannot be counted."""
+    try:
+        svc.quota.reserve(key.app, rows)
+    except QuotaExceeded as exc:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": str(retry_after(exc.retry_after))},
+            detail=f"daily quota of {svc.settings.daily_rows_per_key} interactions per app reached "
+                   f"({exc.remaining} left today, this request has {rows})",
+        ) from exc
+    except OSError as exc:  # the ledger lives in the home, like the segments: nothing was accepted
+        log.exception("could not count posted rows against the quota")
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail="could not store the interactions; retry later") from exc
 
 
 def check_interaction(index: int, element: Any, catalog: Catalog, timezone: str,

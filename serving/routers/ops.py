@@ -1,4 +1,8 @@
-"""Operations: the served model, liveness, readiness and Prometheus metrics."""
+"""Operations: the served model, liveness, readiness and Prometheus metrics.
+
+These answers are public: every message and name in them goes through
+:func:`serving.redact.public_text`, so no filesystem path of the server leaves it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 
 from serving.deps import ServedDep, ServicesDep
+from serving.guard import HEALTH_PATH, READY_PATH
+from serving.redact import public_text
 from serving.schemas import Health, ModelInfo, Readiness
 
 router = APIRouter(tags=["operations"])
@@ -18,31 +24,31 @@ async def model_info(served: ServedDep, svc: ServicesDep) -> ModelInfo:
     """Which model answers: version, alias, training time and its key offline metrics."""
     manifest = served.manifest
     return ModelInfo(
-        version=served.version, alias=served.alias, name=served.model_name,
+        version=served.version, alias=served.alias, name=public_text(served.model_name) or "",
         model=manifest.get("model"), trained_at=_text(manifest.get("trained_at")),
         data_end=_text(manifest.get("data_end")), source=served.source,
-        degraded=served.degraded, loaded_at=served.loaded_at.isoformat(timespec="seconds"),
+        degraded=public_text(served.degraded), loaded_at=served.loaded_at.isoformat(timespec="seconds"),
         n_users=len(served.bundle.users), n_items=len(served.bundle.catalog),
         metrics=key_metrics(manifest.get("metrics")),
     )
 
 
-@router.get("/healthz", response_model=Health)
+@router.get(HEALTH_PATH, response_model=Health)
 async def healthz() -> Health:
     """The process is up (says nothing about the model)."""
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Readiness,
+@router.get(READY_PATH, response_model=Readiness,
             responses={503: {"model": Readiness, "description": "no model loaded"}})
 async def readyz(svc: ServicesDep) -> Any:
     """Ready when a model is loaded; ``degraded`` while serving the last-known-good copy."""
     current = svc.holder.current
     if current is None:
-        body = Readiness(status="unavailable", version=None, reason=svc.holder.problem or "starting")
+        body = Readiness(status="unavailable", version=None, reason=public_text(svc.holder.problem) or "starting")
         return JSONResponse(body.model_dump(), status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
     if current.degraded:
-        return Readiness(status="degraded", version=current.version, reason=current.degraded)
+        return Readiness(status="degraded", version=current.version, reason=public_text(current.degraded))
     return Readiness(status="ready", version=current.version, reason=None)
 
 

@@ -36,6 +36,7 @@ from serving.deps import (
     Count,
     Lat,
     Lon,
+    PersonalReaderDep,
     Radius,
     ServedDep,
     Services,
@@ -105,8 +106,11 @@ class UserListQuery(BaseModel):
 
 @router.get("/users/{user_id:id}/recommendations", response_model=UserRecommendations,
             openapi_extra={"parameters": query_parameters(UserListQuery)})
-async def user_recommendations(user_id: Id, request: Request) -> Response:
-    """Personal recommendations; a user the model cannot personalise gets a named fallback."""
+async def user_recommendations(user_id: Id, request: Request, _: PersonalReaderDep) -> Response:
+    """Personal recommendations; a user the model cannot personalise gets a named fallback.
+
+    Needs a key with the ``read`` scope: the caller is the app that signed this resident in.
+    """
     served = await served_model(request)  # called, not injected: one dependency pass less per request
     query = parse_query(UserListQuery, request)
     svc: Services = request.app.state.services

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, status
 from fastapi.responses import HTMLResponse
 
 from serving.deps import ServicesDep
+from serving.redact import public_text
 from serving.reports import ReportFiles, ReportUnavailable, ReportUnreadable
 from serving.schemas import RegionReport, RegionReportEntry, RegionsReport
 
@@ -57,7 +58,7 @@ def _summary(reports: ReportFiles) -> dict[str, Any]:
     except ReportUnavailable as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     except ReportUnreadable as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from exc
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=public_text(str(exc))) from exc
 
 
 def _text(value: Any) -> str | None:

@@ -82,21 +82,36 @@ def _render(summary: dict[str, Any]) -> None:
     out.print(f"done in {summary['seconds']} s")
 
 
+QUICKSTART_SCOPES = "read+write:interactions"
+"""What the session key may do: what an app's backend does, nothing of the admin's."""
+
+
 def _serve(host: str, port: int) -> None:
+    """Run the API with a fresh key for this session (personal lists and posts need one)."""
     import uvicorn
 
+    from serving.auth import API_KEY_HEADER
+    from serving.config import env_name
+    from training.cli.serve_cmds import APP_FACTORY, checked_uvicorn_options, new_key
+
+    key = new_key()
+    inline = env_name("api_keys")
+    os.environ[inline] = ",".join(filter(None, (os.environ.get(inline), f"{key}={QUICKSTART_SCOPES}")))
+    options = checked_uvicorn_options()
     base = f"http://{host}:{port}"
-    out = stdout_console()
-    out.print("\n[bold]API starting[/bold]; try:")
+    out = stdout_console()  # soft-wrapped: a long curl line stays one line to copy
+    out.print("\n[bold]API starting[/bold]; this session's API key (read + write:interactions) is in KEY:")
+    keyed = f'curl -H "{API_KEY_HEADER}: $KEY"'
     for line in (
-        f"curl '{base}/v1/users/u000001/recommendations?n=5'",
-        f"curl '{base}/v1/users/new-visitor/recommendations?n=5&region=110119'",
+        f"export KEY={key}",
+        f"{keyed} '{base}/v1/users/u000001/recommendations?n=5'",
+        f"{keyed} '{base}/v1/users/new-visitor/recommendations?n=5&region=110119'",
         f"curl '{base}/v1/regions/110119/recommendations?n=5&age_band=60%2B'",
         f"curl '{base}/v1/model'",
         f"open {base}/docs  ·  {base}/reports",
     ):
-        out.print(f"  {line}")
-    uvicorn.run("serving.app:create_app", factory=True, host=host, port=port, log_level="info")
+        out.print(f"  {line}", markup=False, highlight=False)
+    uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, log_level="info", **options)
 
 
 def register(app: typer.Typer) -> None:
