@@ -562,7 +562,7 @@ def _interaction_status(home: EngineHome, checked: pl.DataFrame) -> pl.DataFrame
     files = [f for f in store.interaction_files(home) if f.parent.name.removeprefix("date=") in dates]
     stored_ids = pl.Series(_INDEX, [], dtype=pl.UInt32)
     if files and candidates.height:
-        stored = pl.scan_parquet(files).select(
+        stored = store.scan_files(files, schemas.INTERACTIONS).select(  # names a file it cannot read
             [pl.col(c).cast(t).alias(typed(c)) for c, t in schemas.INTERACTIONS.items()]
         ).unique()
         stored_ids = candidates.lazy().join(stored, on=key, how="semi", nulls_equal=True).select(

@@ -20,7 +20,10 @@ Any exception before step 5 completes rolls back in-process (restore the backups
 truncate a half-written log line, delete the new files), so the store reads exactly as
 before. A hard crash is settled by :func:`recover`, which every writer runs under the lock
 before it starts: a run without a log line is rolled back the same way, a committed run is
-rolled forward (its backups, superseded and retired files are deleted). Until that next writer
+rolled forward (its backups, superseded and retired files are deleted). It deletes nothing
+when the log cannot be trusted (missing, empty, unreadable, or short of committed lines:
+:func:`features.store.doubt`); the writer stops with :class:`features.store.StoreDamaged`
+naming ``recsys store-repair`` instead. Until that next writer
 runs, a process killed between steps 4 and 5 leaves the new catalog/users visible next to
 the old interactions; every other crash point already reads as before or as after.
 """
@@ -262,12 +265,15 @@ def _repair_log_tail(home: EngineHome) -> None:
 def recover(home: EngineHome) -> None:
     """Settle whatever a crashed writer left: roll committed runs forward, the rest back.
 
-    Call it under the writer lock, before writing. Safe to run any number of times.
+    Call it under the writer lock, before writing. Safe to run any number of times. Files
+    are deleted only when a readable log proves them uncommitted: a log that is missing,
+    empty, unreadable or short of committed lines raises :class:`features.store.StoreDamaged`
+    before anything is touched (``recsys store-repair`` rebuilds it).
     """
     if not home.store.exists():
         return
+    entries = store.ingest_log(home)  # the trust check comes first: on doubt, change nothing
     _repair_log_tail(home)
-    entries = store.ingest_log(home)
     committed = {e["ingest_id"] for e in entries if "ingest_id" in e}
     superseded = {old for e in entries for old in e.get("quarantine_replaces", [])}
     _settle_tables(home, committed)

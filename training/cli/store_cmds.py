@@ -1,4 +1,4 @@
-"""Store verbs of the ``recsys`` command line: ``ingest`` and ``store-info``."""
+"""Store verbs of the ``recsys`` command line: ``ingest``, ``store-info``, ``store-verify``, ``store-repair``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from rich.table import Table
 
 from features.incoming import DEFAULT_KEEP_DAYS
 from features.ingest import ingest, retry_quarantine, store_info
-from training.cli.common import HomeOption, JsonOption, emit, home_of, stdout_console, user_errors
+from features.repair import repair_store, verify_store
+from training.cli.common import HomeOption, JsonOption, emit, fail, home_of, stdout_console, user_errors
 
 FileOption = Annotated[Path | None, typer.Option(help="CSV or Parquet file", dir_okay=False)]
 
@@ -98,7 +99,65 @@ def _render_info(info: dict[str, Any]) -> None:
               f"incoming bytes not yet ingested {info['incoming_pending_bytes']:,}")
 
 
+def store_verify_cmd(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Check the store: the ingest log parses, every data file is committed and readable.
+
+    Reads every partition and quarantine file and the items/users tables; names each
+    corrupt, orphaned or missing file. Exit code 0 when healthy, 2 when not. Changes nothing.
+    """
+    with user_errors():
+        report = verify_store(home_of(home))
+    emit(report, as_json, _render_verify)
+    if not report["healthy"]:
+        raise fail(f"the store is not healthy ({len(report['problems'])} problem(s))")
+
+
+def _render_verify(report: dict[str, Any]) -> None:
+    out = stdout_console()
+    rows = report["rows"]
+    out.print(f"[bold]store[/bold] {report['home']}: {'healthy' if report['healthy'] else 'NOT healthy'}")
+    out.print(f"log entries {report['log']['entries']}; files: {report['files']['interactions']} partitions, "
+              f"{report['files']['quarantine']} quarantine, {report['files']['tables']} tables; rows: "
+              + ", ".join(f"{name} {n:,}" for name, n in rows.items()))
+    for problem in report["problems"]:
+        out.print(f"- {problem}", markup=False)
+
+
+def store_repair_cmd(
+    wait: Annotated[float, typer.Option("--wait", min=0, help="Seconds to wait for another writer to finish")] = 0,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Rebuild the ingest log from the data files (after it was lost, emptied or damaged).
+
+    Every run with data files but no log line gets a line committing them (a data file is
+    named after its run); readable log lines are kept, the old log is copied aside. Deletes
+    no data file and loses no row; running it again changes nothing.
+    """
+    with user_errors():
+        summary = repair_store(home_of(home), wait_seconds=wait)
+    emit(summary, as_json, _render_repair)
+
+
+def _render_repair(summary: dict[str, Any]) -> None:
+    out = stdout_console()
+    if not summary["changed"]:
+        out.print(f"[bold]store[/bold] {summary['home']}: nothing to repair")
+        return
+    out.print(f"[bold]store[/bold] {summary['home']}: committed {len(summary['committed_runs'])} run(s) "
+              f"({summary['rows']['interactions']:,} interactions, {summary['rows']['quarantine']:,} quarantined rows)")
+    if summary["redundant_files"]:
+        out.print(f"{len(summary['redundant_files'])} file(s) only repeat committed rows; "
+                  "committed as retired, the next ingest removes them", markup=False)
+    if summary["dropped_log_lines"]:
+        out.print(f"dropped unreadable log line(s) {summary['dropped_log_lines']}", markup=False)
+    if summary["backup"]:
+        out.print(f"old log kept as {summary['backup']}", markup=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's verbs to the app."""
     app.command("ingest")(ingest_cmd)
     app.command("store-info")(store_info_cmd)
+    app.command("store-verify")(store_verify_cmd)
+    app.command("store-repair")(store_repair_cmd)
