@@ -53,8 +53,8 @@ BUDGET_MAX_SECONDS = 2_400.0
 """Default budget = base + per event, capped: 100k events get 100 s, 1M 460 s, 5M the 40-minute cap
 (the whole weekly job on 5M events stays under an hour on 2 cores)."""
 
-SHIPPED_START = ("popularity", "itemknn", "ease", "als", "hybrid", "hybrid-large")
-"""Shipped recipes enqueued after the configured one, cheapest first."""
+SHIPPED_START = ("itemknn", "popularity", "ease", "als", "hybrid", "hybrid-large")
+"""Shipped recipes enqueued after the configured one, cheapest first (the first learner probes the half-life)."""
 
 
 def auto_budget(n_events: int) -> float:
@@ -147,21 +147,28 @@ class DatasetCache:
 
 def tune(cache: DatasetCache, configured: TrainConfig, options: TuneOptions,
          progress: Progress | None = None) -> TuningResult:
-    """Search for the best recipe on the validation cut; never reads the test window."""
+    """Search for the best recipe on the validation cut; never reads the test window.
+
+    Four phases share one study, budget and trial count: (1) last week's winners and the
+    configured recipe as they are; (2) a probe of the decay half-life with the cheapest family,
+    since the shipped recipes cannot know the data's time scale; (3) the shipped recipes with
+    the probe's half-life; (4) the sampler, for whatever budget is left.
+    """
     say = progress or (lambda message: log.info(message))
     first = cache.get(configured.engine)
     assert first.validation is not None and first.data_start is not None and first.data_end is not None
     budget = options.budget_seconds if options.budget_seconds is not None else auto_budget(first.n_events)
     span_days = (first.data_end - first.data_start).total_seconds() / 86_400
     space = SearchSpace.for_data(configured.engine, span_days, _families(options.families))
-    sample = _validation_sample(first.validation, options.seed)
-    runner = _Runner(cache, space, sample, budget, say)
+    runner = _Runner(cache, space, _validation_sample(first.validation, options.seed), budget, say)
     study = _study(options.seed)
-    for origin, recipe in _starting_recipes(configured, options, space):
-        study.enqueue_trial(params_of(recipe, space), user_attrs={"origin": origin, "recipe": recipe.to_dict()})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Optuna's experimental-feature and fixed-parameter warnings
-        study.optimize(runner.objective, n_trials=options.trials, timeout=budget, catch=())
+    known = [(f"previous:{i}" if i else "previous", r) for i, r in enumerate(options.start_from)]
+    runner.run(study, [*known, ("configured", configured)], options.trials)
+    shipped = _shipped(configured.engine, space)
+    runner.run(study, _half_life_probe(shipped, space), options.trials)
+    half_life = runner.best_half_life(configured.engine.half_life_days)
+    runner.run(study, [(origin, _with_half_life(r, half_life)) for origin, r in shipped], options.trials)
+    runner.run(study, [], options.trials)
     return runner.result(configured, budget, first.note)
 
 
@@ -181,24 +188,32 @@ def _study(seed: int) -> optuna.Study:
     return optuna.create_study(direction="maximize", sampler=sampler)
 
 
-def _starting_recipes(configured: TrainConfig, options: TuneOptions,
-                      space: SearchSpace) -> list[tuple[str, TrainConfig]]:
-    """Last week's winner(s), the configured recipe, then the shipped ones; each recipe once."""
-    found: list[tuple[str, TrainConfig]] = [(f"previous:{i}" if i else "previous", r)
-                                            for i, r in enumerate(options.start_from)]
-    found.append(("configured", configured))
-    shipped = shipped_recipes()
+def _shipped(operator: EngineSettings, space: SearchSpace) -> list[tuple[str, TrainConfig]]:
+    """The shipped recipes the search starts from, cheapest first, with the operator's engine settings."""
+    recipes = shipped_recipes()
+    found = []
     for name in SHIPPED_START:
-        if name in shipped:
-            recipe = load_config(shipped[name])
-            found.append((f"shipped:{name}", _with_operator_engine(recipe, configured.engine)))
-    seen: set[str] = set()
-    ordered = []
-    for origin, recipe in found:
-        if recipe.model in space.families and recipe.config_hash() not in seen:
-            seen.add(recipe.config_hash())
-            ordered.append((origin, recipe))
-    return ordered
+        if name in recipes:
+            recipe = _with_operator_engine(load_config(recipes[name]), operator)
+            if recipe.model in space.families:
+                found.append((f"shipped:{name}", recipe))
+    return found
+
+
+def _half_life_probe(shipped: list[tuple[str, TrainConfig]], space: SearchSpace) -> list[tuple[str, TrainConfig]]:
+    """The cheapest shipped recipe of a family that learns from the weights, once per half-life."""
+    if len(space.half_lives) < 2:
+        return []
+    learners = [(origin, r) for origin, r in shipped if r.model != "popularity"]
+    if not learners:
+        return []
+    origin, recipe = learners[0]
+    return [(f"{origin}:half-life {h:g}", _with_half_life(recipe, h)) for h in space.half_lives]
+
+
+def _with_half_life(recipe: TrainConfig, half_life: float) -> TrainConfig:
+    engine = EngineSettings(**{**recipe.engine.model_dump(), "half_life_days": half_life})
+    return TrainConfig(model=recipe.model, params=recipe.params, engine=engine)
 
 
 def _with_operator_engine(recipe: TrainConfig, operator: EngineSettings) -> TrainConfig:
@@ -231,6 +246,32 @@ class _Runner:
         self.records: list[TrialRecord] = []
         self.cost: dict[str, float] = {}
         self.best = -math.inf
+        self.tried: set[str] = set()
+
+    def run(self, study: optuna.Study, recipes: list[tuple[str, TrainConfig]], max_trials: int | None) -> None:
+        """Try ``recipes`` in order (each once; none: let the sampler propose), within the budget and
+        the trial count left."""
+        fresh = [(origin, r) for origin, r in recipes if r.config_hash() not in self.tried]
+        for origin, recipe in fresh:
+            self.tried.add(recipe.config_hash())
+            attrs = {"origin": origin, "recipe": recipe.to_dict()}
+            study.enqueue_trial(params_of(recipe, self.space), user_attrs=attrs)
+        trials_left = None if max_trials is None else max_trials - len(self.records)
+        if (recipes and not fresh) or (trials_left is not None and trials_left <= 0) or self._left() <= 0:
+            return
+        count = len(fresh) if recipes else trials_left
+        if count is not None and trials_left is not None:
+            count = min(count, trials_left)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's experimental-feature and fixed-parameter warnings
+            study.optimize(self.objective, n_trials=count, timeout=self._left(), catch=())
+
+    def best_half_life(self, default: float) -> float:
+        """The half-life of the best completed trial so far (``default`` before any)."""
+        done = [r for r in self.records if r.state == "complete"]
+        if not done:
+            return default
+        return max(done, key=lambda r: (r.ndcg10, -r.number)).recipe.engine.half_life_days
 
     def objective(self, trial: optuna.Trial) -> float:
         fixed = trial.user_attrs.get("recipe")
@@ -279,7 +320,8 @@ class _Runner:
         if not done:
             raise ValueError("the recipe search completed no trial; raise --tune-budget or train with --no-tune")
         best = max(done, key=lambda r: (r.ndcg10, -r.number))
-        configured_score = next((r.ndcg10 for r in done if r.origin == "configured"), None)
+        wanted = configured.config_hash()  # tried once, perhaps as last week's winner
+        configured_score = next((r.ndcg10 for r in done if r.recipe.config_hash() == wanted), None)
         return TuningResult(best=best.recipe, best_ndcg10=best.ndcg10, configured_ndcg10=configured_score,
                             trials=self.records, seconds=time.perf_counter() - self.started, budget_seconds=budget,
                             validation_users=int((np.diff(self.sample_truth.indptr) > 0).sum()), note=note)

@@ -15,18 +15,14 @@ from rich.table import Table
 
 from recsys.candidates import DEFAULT_MAX_USERS
 from recsys.contract import parse_timestamp
+from recsys.models import MODELS
 from training.cli.common import HomeOption, JsonOption, emit, fail, home_of, stderr_console, stdout_console, user_errors
 
 out = stdout_console()
 
 
-class ModelName(StrEnum):
-    hybrid = "hybrid"
-    als = "als"
-    bpr = "bpr"
-    itemknn = "itemknn"
-    popularity = "popularity"
-    ease = "ease"
+ModelName = StrEnum("ModelName", {name: name for name in MODELS})  # type: ignore[misc]
+"""The ``--model`` choices: exactly the models :mod:`recsys.models` registers."""
 
 
 class Engine(StrEnum):
