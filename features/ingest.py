@@ -74,6 +74,8 @@ _META: dict[str, pl.DataType] = {
     RAW_LINE: pl.String(), TORN: pl.Boolean(),
 }
 _PARQUET_SUFFIXES = {".parquet", ".pq"}
+CONFLICT_EXAMPLES = 5
+"""How many conflicting ids an ingest summary names (it counts them all)."""
 
 
 @dataclass
@@ -88,6 +90,10 @@ class TableCounts:
     skipped_same_file: bool = False
     erased: int = 0
     """Rows of users erased on request: dropped, never stored."""
+    conflicting_ids: int = 0
+    """Ids (items, users) given by several valid rows of this run with different values; the last row wins."""
+    conflict_examples: list[str] = field(default_factory=list)
+    """Up to :data:`CONFLICT_EXAMPLES` of those ids, smallest first."""
 
     @property
     def reconciles(self) -> bool:
@@ -97,6 +103,8 @@ class TableCounts:
         values = asdict(self)
         if not self.erased:  # the usual case keeps the usual shape
             del values["erased"]
+        if not self.conflicting_ids:
+            del values["conflicting_ids"], values["conflict_examples"]
         return {**values, "reconciles": self.reconciles}
 
 
@@ -521,7 +529,8 @@ def _evaluate(home: EngineHome, batch: _Batch, settings: EngineSettings) -> _Out
     new_items = items.filter(pl.col(REASON).is_null()).select(pl.col(typed("item_id")).alias("item_id"))
     catalog = pl.concat([store.scan_items(home).select("item_id"), new_items])
     latest = latest_event_time(settings.max_future_skew_days)  # this machine's clock, read once per run
-    interactions = validate_interactions(batch.interactions.lazy(), catalog, tz, latest=latest).with_columns(
+    interactions = validate_interactions(batch.interactions.lazy(), catalog, tz, latest=latest,
+                                         rating_scale=(settings.rating_min, settings.rating_max)).with_columns(
         pl.col(typed("ts")).dt.convert_time_zone(tz).dt.strftime("%Y-%m-%d").alias(DATE)
     )
     current_items, current_users = store.scan_items(home), store.scan_users(home)
@@ -529,12 +538,19 @@ def _evaluate(home: EngineHome, batch: _Batch, settings: EngineSettings) -> _Out
         [items, users, interactions, current_items, current_users]
     )
     interactions_df = _interaction_status(home, interactions_df)
+    conflicts = {"items": _conflicts(items_df, "items", "item_id"), "users": _conflicts(users_df, "users", "user_id")}
     items_df, items_table = _upsert(items_df, current_items_df, "items", "item_id")
     users_df, users_table = _upsert(users_df, current_users_df, "users", "user_id")
     checked = (items_df, users_df, interactions_df)
     accepted = interactions_df.filter(pl.col(STATUS) == "accepted")
+    counts = _count(checked)
+    for table, (n, examples) in conflicts.items():
+        if n:
+            counts[table].conflicting_ids, counts[table].conflict_examples = n, examples
+            log.info("%d %s ids were given different values in one run (last row wins), e.g. %s",
+                     n, table, ", ".join(examples))
     return _Outcome(
-        counts=_count(checked),
+        counts=counts,
         interactions=typed_table(accepted.lazy(), "interactions").with_columns(accepted[DATE]).collect(),
         quarantine=pl.concat([_quarantine_rows(df) for df in checked]),
         items=items_table,
@@ -600,6 +616,21 @@ def _upsert(checked: pl.DataFrame, current: pl.DataFrame, table: str, key: str
     latest = typed_table(valid.lazy(), table).unique(subset=key, keep="last", maintain_order=True).collect()
     kept = current.filter(~pl.col(key).is_in(latest[key].implode()))
     return checked, pl.concat([kept, latest]).sort(key)
+
+
+def _conflicts(validated: pl.DataFrame, table: str, key: str) -> tuple[int, list[str]]:
+    """Ids with valid rows of different values in this batch: how many, and the first few.
+
+    Last-wins still decides (:func:`_upsert`); this only makes the disagreement visible, since
+    two providers describing one event differently is worth a look.
+    """
+    record = pl.struct([pl.col(typed(c)).cast(t) for c, t in schemas.SCHEMAS[table].items()])
+    ids = (
+        validated.filter(pl.col(REASON).is_null())
+        .group_by(typed(key)).agg(record.n_unique().alias("__versions"))
+        .filter(pl.col("__versions") > 1)[typed(key)].sort()
+    )
+    return ids.len(), ids.head(CONFLICT_EXAMPLES).to_list()
 
 
 def _count(checked: Iterable[pl.DataFrame]) -> dict[str, TableCounts]:

@@ -31,7 +31,7 @@ import polars as pl
 
 from features import schemas
 from features.districts import DISTRICTS
-from recsys.contract import ACTIONS
+from recsys.contract import ACTIONS, AGE_BANDS
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ KINDS: tuple[str, ...] = ("event", "exhibition", "opera", "film", "digital")
 CATEGORIES: tuple[str, ...] = (
     "戏曲", "音乐", "舞蹈", "话剧", "讲座", "非遗", "亲子", "数字艺术", "书画", "摄影", "电影", "阅读",
 )
-AGE_BANDS: tuple[str, ...] = ("0-17", "18-34", "35-59", "60+")
 STAGES: tuple[str, ...] = ("users", "items", "engagements", "funnel", "frames")
 """The steps :func:`generate` reports to its ``progress`` callback, in order."""
 

@@ -24,7 +24,7 @@ from datetime import datetime
 import polars as pl
 
 from features import schemas
-from recsys.contract import ACTIONS, AREA_TYPES, MAX_ID_LENGTH, Reason
+from recsys.contract import ACTIONS, AGE_BANDS, AREA_TYPES, MAX_ID_LENGTH, REGION_CODE_PATTERN, Reason
 
 REASON = "reason"
 ROW = "row_number"
@@ -176,6 +176,20 @@ def _after(moment: pl.Expr, latest: datetime | None) -> pl.Expr:
     return (moment > pl.lit(latest, dtype=schemas.UTC_TIME)).fill_null(False)
 
 
+def _off_scale(action: pl.Expr, value: pl.Expr, scale: tuple[float, float] | None) -> pl.Expr:
+    """A ``rate`` whose value lies outside the rating scale (mirrors :func:`recsys.contract.rating_in_scale`)."""
+    if scale is None:
+        return pl.lit(False)
+    low, high = scale
+    return ((action == "rate") & ~value.is_between(low, high)).fill_null(False)
+
+
+def _bad_region_code(column: str) -> pl.Expr:
+    """A region code was given and is not 6 digits."""
+    code = pl.col(column)
+    return (code.is_not_null() & ~code.str.contains(REGION_CODE_PATTERN)).fill_null(False)
+
+
 def _first_reason(checks: list[tuple[pl.Expr, Reason]]) -> pl.Expr:
     chain = pl.when(checks[0][0]).then(pl.lit(checks[0][1].value))
     for condition, reason in checks[1:]:
@@ -184,13 +198,16 @@ def _first_reason(checks: list[tuple[pl.Expr, Reason]]) -> pl.Expr:
 
 
 def validate_interactions(raw: pl.LazyFrame, catalog: pl.LazyFrame, time_zone: str, *,
-                          latest: datetime | None = None) -> pl.LazyFrame:
+                          latest: datetime | None = None,
+                          rating_scale: tuple[float, float] | None = None) -> pl.LazyFrame:
     """Type interaction rows and name the first rule each breaks.
 
     ``raw`` holds the interaction columns as strings (and optionally a boolean ``__torn``
     for API lines that were not valid JSON); ``catalog`` has one ``item_id`` column.
     An event time after ``latest`` (aware; see :func:`recsys.contract.latest_event_time`)
-    is :attr:`Reason.FUTURE_TIME`; ``None`` accepts any time.
+    is :attr:`Reason.FUTURE_TIME`; ``None`` accepts any time. A ``rate`` value outside
+    ``rating_scale`` (min, max; the settings' ``rating_min``/``rating_max``) is
+    :attr:`Reason.RATING_OUT_OF_RANGE`; ``None`` accepts any value.
     """
     if TORN not in raw.collect_schema():
         raw = raw.with_columns(pl.lit(False).alias(TORN))
@@ -213,6 +230,7 @@ def validate_interactions(raw: pl.LazyFrame, catalog: pl.LazyFrame, time_zone: s
         (pl.col(typed("ts")).is_null(), Reason.BAD_TIME),
         (_after(pl.col(typed("ts")), latest), Reason.FUTURE_TIME),
         (_unparsed("value", pl.col(typed("value"))), Reason.BAD_VALUE),
+        (_off_scale(pl.col(typed("action")), pl.col(typed("value")), rating_scale), Reason.RATING_OUT_OF_RANGE),
         (pl.col("__in_catalog").is_null(), Reason.UNKNOWN_ITEM),
     ]
     return frame.with_columns(_first_reason(checks)).drop("__in_catalog")
@@ -226,11 +244,13 @@ def validate_users(raw: pl.LazyFrame, time_zone: str) -> pl.LazyFrame:
         clean_text("age_band").alias(typed("age_band")),
         clean_text("area_type").str.to_lowercase().alias(typed("area_type")),
     )
-    area = pl.col(typed("area_type"))
+    area, band = pl.col(typed("area_type")), pl.col(typed("age_band"))
     checks = [
         (pl.col(typed("user_id")).is_null(), Reason.MISSING_FIELD),
         (_too_long("user_id"), Reason.ID_TOO_LONG),
         (area.is_not_null() & ~area.is_in(AREA_TYPES), Reason.BAD_AREA_TYPE),
+        (_bad_region_code(typed("region_code")), Reason.BAD_REGION_CODE),
+        (band.is_not_null() & ~band.is_in(AGE_BANDS), Reason.BAD_AGE_BAND),
         (_unparsed("registered_at", pl.col(typed("registered_at"))), Reason.BAD_TIME),
     ]
     return frame.with_columns(_first_reason(checks))
@@ -264,6 +284,7 @@ def validate_items(raw: pl.LazyFrame, time_zone: str) -> pl.LazyFrame:
          Reason.BAD_NUMBER),
         ((lat.is_null() != lon.is_null()) | ~lat.is_between(-90, 90).fill_null(True)
          | ~lon.is_between(-180, 180).fill_null(True), Reason.BAD_COORDINATES),
+        (_bad_region_code(typed("region_code")), Reason.BAD_REGION_CODE),
         (_unparsed("starts_at", starts) | _unparsed("ends_at", ends), Reason.BAD_TIME),
         ((ends < starts).fill_null(False), Reason.ENDS_BEFORE_STARTS),
         (_unparsed("is_free", pl.col(typed("is_free"))) | _unparsed("hidden", pl.col(typed("hidden"))),

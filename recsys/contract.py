@@ -27,6 +27,12 @@ HIGH_RATING = 4.0
 
 AREA_TYPES: tuple[str, ...] = ("urban", "rural")
 
+AGE_BANDS: tuple[str, ...] = ("0-17", "18-34", "35-59", "60+")
+"""The age bands a user row may carry (reports and segment popularity group by them)."""
+
+REGION_CODE_PATTERN = r"^\d{6}$"
+"""A region code is a 6-digit GB/T 2260 administrative division code, e.g. ``110229``."""
+
 INTERACTION_REQUIRED: tuple[str, ...] = ("user_id", "item_id", "action", "ts")
 INTERACTION_COLUMNS: tuple[str, ...] = (*INTERACTION_REQUIRED, "value")
 
@@ -69,6 +75,9 @@ class Reason(StrEnum):
     BAD_NUMBER = "unparseable_number"
     TORN_LINE = "torn_or_invalid_json_line"
     FUTURE_TIME = "future_time"
+    RATING_OUT_OF_RANGE = "rating_out_of_range"
+    BAD_REGION_CODE = "invalid_region_code"
+    BAD_AGE_BAND = "unknown_age_band"
 
 
 class ContractError(ValueError):
@@ -156,6 +165,11 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
+def rating_in_scale(value: float | None, rating_min: float, rating_max: float) -> bool:
+    """Whether a ``rate`` value lies on the configured scale (a missing value carries no rating)."""
+    return value is None or rating_min <= value <= rating_max
+
+
 def is_positive(action: str, value: float | None) -> bool:
     """Whether an interaction is a positive outcome (for evaluation truth)."""
     if action == "rate":
@@ -179,6 +193,14 @@ class InteractionIn(BaseModel):
     action: str
     ts: str | float | int
     value: float | None = None
+
+    @field_validator("ts", "value", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, v: Any) -> Any:
+        # JSON true/false would otherwise pass as 1/0: "ts": true became 1970-01-01T00:00:01.
+        if isinstance(v, bool):
+            raise ValueError("a boolean is not a time or a number")
+        return v
 
     @field_validator("user_id", "item_id")
     @classmethod

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recsys.contract import ACTIONS
@@ -51,6 +51,9 @@ class EngineSettings(BaseSettings):
     max_future_skew_days: float = Field(
         1.0, ge=0, description="event times further ahead of the receiving machine's clock are rejected "
                                "(API) or quarantined as future_time (ingest)")
+    # Wide on purpose: any common public scale (0.5-5 stars, 1-5, 1-10, -10..10) fits inside.
+    rating_min: float = Field(-10.0, description="lowest `rate` value accepted (else rating_out_of_range)")
+    rating_max: float = Field(10.0, description="highest `rate` value accepted (else rating_out_of_range)")
     ann: AnnSettings = Field(default_factory=AnnSettings)
 
     @field_validator("action_weights")
@@ -64,6 +67,12 @@ class EngineSettings(BaseSettings):
         merged = dict(DEFAULT_ACTION_WEIGHTS)
         merged.update(weights)
         return merged
+
+    @model_validator(mode="after")
+    def _rating_scale(self) -> EngineSettings:
+        if not self.rating_min < self.rating_max:
+            raise ValueError(f"rating_min ({self.rating_min}) must be below rating_max ({self.rating_max})")
+        return self
 
     def weight_of(self, action: str, value: float | None = None) -> float:
         """The weight of one interaction (``rate`` scales with its value)."""

@@ -101,10 +101,10 @@ def test_mixed_files_quarantine_every_bad_row_with_its_reason(home: EngineHome, 
     )
     users = write_csv(
         tmp_path / "users.csv", "user_id,region_code,age_band,area_type,registered_at",
-        "u1,310101,25-34,urban,2025-01-01",   # 1 ok
-        ",310101,25-34,urban,",               # 2 missing id
-        "u3,310101,25-34,suburb,",            # 3 area type
-        "u4,310101,25-34,Rural,yesterday",    # 4 time
+        "u1,310101,18-34,urban,2025-01-01",   # 1 ok
+        ",310101,18-34,urban,",               # 2 missing id
+        "u3,310101,18-34,suburb,",            # 3 area type
+        "u4,310101,18-34,Rural,yesterday",    # 4 time
         f"{LONG_ID},,,,",                     # 5 id too long
         "u6,,,,",                             # 6 ok
     )

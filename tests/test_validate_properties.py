@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from features import store
 from features.ingest import ingest
 from features.validate import parse_times
-from recsys.contract import ACTIONS, MAX_ID_LENGTH, Reason, parse_timestamp
+from recsys.contract import ACTIONS, MAX_ID_LENGTH, Reason, latest_event_time, parse_timestamp
 from recsys.home import EngineHome
+from recsys.settings import EngineSettings
 
 TZ = "Asia/Shanghai"
 CATALOG = ("e1", "e2", "展览-3")
@@ -105,14 +106,20 @@ def oracle_reason(row: dict[str, str | None]) -> Reason | None:
         return Reason.ID_TOO_LONG
     if action.lower() not in ACTIONS:
         return Reason.UNKNOWN_ACTION
-    if parse_timestamp(ts, TZ) is None:
+    moment = parse_timestamp(ts, TZ)
+    if moment is None:
         return Reason.BAD_TIME
+    if moment > latest_event_time(EngineSettings().max_future_skew_days):
+        return Reason.FUTURE_TIME
     if value is not None:
         try:
             if not math.isfinite(float(value)):
                 return Reason.BAD_VALUE
         except ValueError:
             return Reason.BAD_VALUE
+        scale = EngineSettings()
+        if action.lower() == "rate" and not scale.rating_min <= float(value) <= scale.rating_max:
+            return Reason.RATING_OUT_OF_RANGE
     if item not in CATALOG:
         return Reason.UNKNOWN_ITEM
     return None
@@ -129,8 +136,8 @@ rows = st.fixed_dictionaries({
     "item_id": st.sampled_from([*CATALOG, "e404", ""]),
     "action": st.sampled_from([*ACTIONS, "VIEW", "dance", ""]),
     "ts": st.sampled_from(["1795136000", "1795136000.5", "2026-11-20T10:00:00+08:00", "2026-11-20 10:00",
-                           "2026-11-20T02:00:00Z", "2026-13-01", "soon", ""]),
-    "value": st.sampled_from(["", "4", "4.0", "4.5", "abc", "inf", "nan"]),
+                           "2026-11-20T02:00:00Z", "2026-13-01", "soon", "", "2999-01-01T00:00:00Z"]),
+    "value": st.sampled_from(["", "4", "4.0", "4.5", "abc", "inf", "nan", "0.5", "10", "-10", "10.5", "-11"]),
 })
 
 

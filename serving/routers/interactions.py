@@ -20,7 +20,7 @@ from fastapi import APIRouter, Body, HTTPException, status
 from pydantic import ValidationError
 
 from recsys.catalog import Catalog
-from recsys.contract import InteractionIn, Reason, latest_event_time
+from recsys.contract import InteractionIn, Reason, latest_event_time, rating_in_scale
 from serving.auth import ApiKey
 from serving.deps import InteractionsWriterDep, ServedDep, Services, ServicesDep
 from serving.guard import retry_after
@@ -59,7 +59,8 @@ def post_interactions(key: InteractionsWriterDep, batch: Annotated[list[Any], Bo
     records: list[dict[str, Any]] = []
     rejected: list[Rejection] = []
     for index, element in enumerate(batch):
-        checked = check_interaction(index, element, served.engine.catalog, settings.timezone, latest)
+        checked = check_interaction(index, element, served.engine.catalog, settings.timezone, latest,
+                                    (settings.rating_min, settings.rating_max))
         if isinstance(checked, Rejection):
             rejected.append(checked)
         elif checked[0].user_id in svc.erased:
@@ -100,11 +101,14 @@ def reserve_quota(svc: Services, key: ApiKey, rows: int) -> None:
 
 
 def check_interaction(index: int, element: Any, catalog: Catalog, timezone: str,
-                      latest: datetime | None = None) -> Rejection | tuple[InteractionIn, dict[str, Any]]:
+                      latest: datetime | None = None, rating_scale: tuple[float, float] | None = None,
+                      ) -> Rejection | tuple[InteractionIn, dict[str, Any]]:
     """The validated row and its segment record, or why it is rejected.
 
     An event time after ``latest`` (:func:`recsys.contract.latest_event_time`) is rejected as
-    :attr:`Reason.FUTURE_TIME`, as ingest quarantines it; ``None`` accepts any time.
+    :attr:`Reason.FUTURE_TIME`, and a ``rate`` value outside ``rating_scale`` (the settings'
+    ``rating_min``, ``rating_max``) as :attr:`Reason.RATING_OUT_OF_RANGE`, as ingest
+    quarantines them; ``None`` disables either check.
     """
     if not isinstance(element, dict):
         return Rejection(index=index, reason=Reason.MISSING_FIELD, detail="an interaction must be a JSON object")
@@ -121,6 +125,9 @@ def check_interaction(index: int, element: Any, catalog: Catalog, timezone: str,
         return Rejection(index=index, reason=Reason.FUTURE_TIME,
                          detail=f"time {row.ts!r} ({moment.isoformat()}) is after "
                                 f"{latest.isoformat(timespec='seconds')}, this server's clock plus the allowed skew")
+    if rating_scale is not None and row.action == "rate" and not rating_in_scale(row.value, *rating_scale):
+        return Rejection(index=index, reason=Reason.RATING_OUT_OF_RANGE,
+                         detail=f"rating {row.value} is outside the scale {rating_scale[0]:g}..{rating_scale[1]:g}")
     if row.item_id not in catalog.items:
         return Rejection(index=index, reason=Reason.UNKNOWN_ITEM, detail=f"item {row.item_id!r} is not in the catalog")
     record = {"user_id": row.user_id, "item_id": row.item_id, "action": row.action,

@@ -69,6 +69,9 @@ def _render_ingest(summary: dict[str, Any]) -> None:
                 notes.append(f"{name}: skipped, this file was already ingested")
             elif counts["reasons"]:
                 notes.append(f"{name} quarantined: " + ", ".join(f"{r} {n}" for r, n in counts["reasons"].items()))
+            if counts.get("conflicting_ids"):
+                notes.append(f"{name}: {counts['conflicting_ids']} id(s) given different values in this run, "
+                             f"the last row wins: {', '.join(counts['conflict_examples'])}")
         out.print(table)
         for note in notes:
             out.print(note)
