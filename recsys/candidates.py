@@ -25,10 +25,15 @@ the full path. The chunks are cut the same way whoever scores them (:func:`chunk
 workers take whole chunks), so the lists do not depend on the number of processes, bit for
 bit.
 
-Each candidate also carries its reason's anchor (:func:`recsys.reasons.anchor_codes`: which
-history item the reason names, if any), since that too depends only on the history: it is
-the other costly part of a request (an items x history similarity). The API's full path
-reads the same stored anchors for items that have them, so both paths explain alike.
+The first :data:`ANCHORED` candidates of a list also carry their reason's anchor
+(:func:`recsys.reasons.anchor_codes`: which history item the reason names, if any), since
+that too depends only on the history: it is the other costly part of a request (an items x
+history similarity). A request reads about the first ``5 x n`` candidates that survive its
+filters, so these cover most requests; the rest are :data:`NOT_ANCHORED`, and a request that
+shows one computes its anchor then (a few items x history: cheap for every model). Anchoring
+every candidate would cost the training job more than scoring them: 200 x history
+similarities per user against one row of a matrix product. The API's full path reads the
+same stored anchors for items that have them, so both paths explain alike.
 
 Stored in the bundle as ``candidates.npz`` (``allow_pickle=False``), one row per user that
 has a list: ``items`` int32 (rows, k) padded with -1, ``scores`` float32 (nan where padded),
@@ -62,7 +67,7 @@ import scipy.sparse as sp
 
 from recsys.confidence import to_confidence
 from recsys.ranking import top_k_rows
-from recsys.reasons import NO_ANCHOR, NO_NOTION, anchor_codes
+from recsys.reasons import NO_ANCHOR, anchor_codes
 from recsys.threads import single_threaded_blas
 
 if TYPE_CHECKING:
@@ -73,6 +78,12 @@ log = logging.getLogger(__name__)
 DEFAULT_K = 200
 """Candidates kept per user: a 10-item list diversified over 5 x 10 candidates still finds
 them after a large share of the catalog has ended or been filtered out."""
+ANCHORED = 64
+"""Candidates per list, the first ones, whose reason anchor is computed with the list: what an
+unfiltered 10-item list diversified over 5 x 10 candidates reads, with room for ended items."""
+NOT_ANCHORED = -3
+"""Anchor code of a candidate past :data:`ANCHORED`: computed by the request that shows it
+(:func:`recsys.reasons.anchor_codes`'s codes are >= -2)."""
 
 FILE_NAME = "candidates.npz"
 CHUNK_USERS = 512
@@ -178,7 +189,8 @@ class Candidates:
         if not np.array_equal(self.items < 0, padded):
             raise CandidatesError("candidate rows must hold their items first and -1 padding after")
         row_history = np.asarray(history_lengths)[self.row_users()]
-        if self.anchors.size and (self.anchors.min() < NO_NOTION or (self.anchors >= row_history[:, None]).any()):
+        if self.anchors.size and (self.anchors.min() < NOT_ANCHORED
+                                  or (self.anchors >= row_history[:, None]).any()):
             raise CandidatesError("candidate anchors must be positions in their user's history")
 
     def row_users(self) -> np.ndarray:
@@ -433,12 +445,20 @@ def _score_rows(bundle: ModelBundle, rows: np.ndarray, k: int) -> _Scored:
     filled = best >= 0
     values = np.where(filled, np.take_along_axis(scores, np.where(filled, best, 0), axis=1), np.nan)
     lengths = filled.sum(axis=1).astype(np.int32)
-    anchors = np.full(best.shape, NO_ANCHOR, dtype=np.int32)
-    for position in range(len(rows)):
-        start, end = history.indptr[position], history.indptr[position + 1]
-        anchors[position, : lengths[position]] = anchor_codes(bundle.model, best[position, : lengths[position]],
-                                                              history.indices[start:end])
+    anchors = _anchor_rows(bundle, best, lengths, history)
     return _Scored(rows, best.astype(np.int32), values.astype(np.float32), anchors, lengths)
+
+
+def _anchor_rows(bundle: ModelBundle, best: np.ndarray, lengths: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
+    """Each row's anchor codes: computed for its first :data:`ANCHORED` candidates,
+    :data:`NOT_ANCHORED` for the rest, :data:`recsys.reasons.NO_ANCHOR` where padded."""
+    anchors = np.full(best.shape, NO_ANCHOR, dtype=np.int32)
+    for position, length in enumerate(lengths.tolist()):
+        start, end = history.indptr[position], history.indptr[position + 1]
+        anchored = min(length, ANCHORED)
+        anchors[position, :anchored] = anchor_codes(bundle.model, best[position, :anchored], history.indices[start:end])
+        anchors[position, anchored:length] = NOT_ANCHORED
+    return anchors
 
 
 def _confidence(bundle: ModelBundle, history: sp.csr_matrix) -> sp.csr_matrix:
@@ -469,12 +489,10 @@ def _score_rows_through_index(bundle: ModelBundle, rows: np.ndarray, k: int) -> 
     best, values = approximate_top_n(bundle.model, bundle.ann, rows, to_confidence(
         history, settings.confidence, settings.alpha), ~bundle.catalog.hidden, k, exclude=history)
     filled = best >= 0
-    anchors = np.full(best.shape, NO_ANCHOR, dtype=np.int32)
-    for position in range(len(rows)):
-        found = best[position, filled[position]]
-        anchors[position, : len(found)] = anchor_codes(bundle.model, found, history[position].indices)
+    lengths = filled.sum(axis=1).astype(np.int32)
+    anchors = _anchor_rows(bundle, best, lengths, history)
     return _Scored(rows, best.astype(np.int32), np.where(filled, values, np.nan).astype(np.float32), anchors,
-                   filled.sum(axis=1).astype(np.int32))
+                   lengths)
 
 
 def score_share(bundle: ModelBundle, rows: np.ndarray, k: int, chunk: int | None = None) -> dict[str, np.ndarray]:

@@ -35,7 +35,7 @@ import scipy.sparse as sp
 
 from recsys.ann import approximate_top_n
 from recsys.bundle import ModelBundle
-from recsys.candidates import Candidates
+from recsys.candidates import NOT_ANCHORED, Candidates
 from recsys.confidence import to_confidence
 from recsys.models.popularity import PopularityModel
 from recsys.ranking import mmr, top_k, top_k_batch
@@ -229,9 +229,20 @@ class DeliveryEngine:
         chosen = pool[picked]
         weights = self.bundle.weights
         start, end = weights.indptr[index], weights.indptr[index + 1]
+        codes = self._anchored(candidates.anchors_of(index)[kept[picked]], chosen, weights.indices[start:end])
         reasons = self.reasons.personal_for(chosen, weights.indices[start:end], weights.data[start:end], filters,
-                                            candidates.anchors_of(index)[kept[picked]])
+                                            codes)
         return RecommendationList(self._listed(chosen, pool_scores[picked], reasons))
+
+    def _anchored(self, codes: np.ndarray, chosen: np.ndarray, history_items: np.ndarray) -> np.ndarray:
+        """Stored anchor ``codes`` of ``chosen``, with those the list left to the request
+        (:data:`recsys.candidates.NOT_ANCHORED`) computed now."""
+        missing = codes == NOT_ANCHORED
+        if not missing.any():
+            return codes
+        codes = codes.astype(np.int32, copy=True)
+        codes[missing] = anchor_codes(self.model, chosen[missing], history_items)
+        return codes
 
     def _stored_anchors(self, index: int, chosen: np.ndarray, history: sp.csr_matrix) -> np.ndarray | None:
         """Reason anchors of ``chosen`` for the unchanged history of user ``index``: stored ones
@@ -242,12 +253,10 @@ class DeliveryEngine:
         items, _ = candidates.row(index)
         found = items[None, :] == chosen[:, None]
         stored = found.any(axis=1)
-        codes = np.empty(len(chosen), dtype=np.int32)
+        codes = np.full(len(chosen), NOT_ANCHORED, dtype=np.int32)
         if stored.any():  # (an empty list has nothing stored, and no position to take an argmax over)
             codes[stored] = candidates.anchors_of(index)[found[stored].argmax(axis=1)]
-        if not stored.all():
-            codes[~stored] = anchor_codes(self.model, chosen[~stored], history.indices)
-        return codes
+        return self._anchored(codes, chosen, history.indices)
 
     def _allowed_among(self, items: np.ndarray, filters: Filters) -> np.ndarray:
         """``allowed(filters)`` at ``items`` only (no catalog-wide copy when nothing but time filters)."""

@@ -34,6 +34,7 @@ from recsys import models
 from recsys.bundle import BundleError, ModelBundle
 from recsys.candidates import (
     FILE_NAME,
+    NOT_ANCHORED,
     Candidates,
     CandidatesError,
     CandidateWorkersFailed,
@@ -144,6 +145,31 @@ def test_time_alone_decides_the_fast_path(engines, bundle):
             user_id = bundle.users.users.id_of(user)
             assert_same_list(fast.for_user(user_id, 6, filters), full.for_user(user_id, 6, filters))
     assert taken == 300  # at most 9 of 80 items are hidden or ended: 30 of 40 candidates always survive
+
+
+def test_anchors_past_the_anchored_prefix_are_computed_by_the_request(bundle, monkeypatch):
+    """Lists anchor only their first ANCHORED candidates; a request that shows a later one
+    computes its anchor, and both paths still give the same reasons."""
+    monkeypatch.setattr(candidates_module, "ANCHORED", 3)
+    shallow = precompute_candidates(bundle, k=K)
+    monkeypatch.undo()
+    codes = shallow.anchors_of(0)
+    assert (codes[3:] == NOT_ANCHORED).all() and (codes[:3] != NOT_ANCHORED).all()
+    np.testing.assert_array_equal(codes[:3], bundle.candidates.anchors_of(0)[:3])
+    fast = DeliveryEngine(bundle)
+    fast.use_candidates(shallow)
+    full = DeliveryEngine(bundle)
+    full.candidates = None
+    reached = 0
+    for user in range(0, 300, 5):
+        for filters, diversity in ((Filters(at=T0), 0.0), (Filters(at=T0, kind="event"), 0.5),
+                                   (Filters(at=T0 + 2 * DAY, category="讲座"), 0.2)):
+            items, _ = shallow.row(user)
+            got = fast.for_user(bundle.users.users.id_of(user), 6, filters, diversity=diversity)
+            assert_same_list(got, full.for_user(bundle.users.users.id_of(user), 6, filters, diversity=diversity))
+            positions = [int(np.flatnonzero(items == r.item)[0]) for r in got.items if r.item in items]
+            reached += any(position >= 3 for position in positions)
+    assert reached > 50  # most lists showed a candidate whose anchor the request computed
 
 
 def test_live_interactions_and_large_lists_take_the_full_path(engines, bundle):
@@ -321,6 +347,11 @@ def test_foreign_or_damaged_candidates_are_refused(bundle, tmp_path):
     shuffled[0, 0], shuffled[0, -1] = -1, 7  # padding before an item
     Candidates(shuffled, c.scores, c.anchors, c.complete, c.slots).save(directory / FILE_NAME)
     with pytest.raises(BundleError, match="padding"):
+        ModelBundle.load(directory)
+    below = c.anchors.copy()
+    below[c.slot(0), 0] = NOT_ANCHORED - 1  # no such code
+    Candidates(c.items, c.scores, below, c.complete, c.slots).save(directory / FILE_NAME)
+    with pytest.raises(BundleError, match="anchors"):
         ModelBundle.load(directory)
     beyond = c.anchors.copy()
     beyond[c.slot(0), 0] = bundle.weights[0].nnz  # one past the user's history

@@ -52,3 +52,10 @@ def test_batch_applies_the_shared_mask_and_each_rows_exclusions():
     for row in range(30):
         listed = got[row][got[row] >= 0]
         assert allowed[listed].all() and not set(listed.tolist()) & set(exclude[row].indices.tolist())
+
+
+def test_double_precision_scores_keep_their_order():
+    """Values equal in float32 but not in float64 are not a tie (top_k compares in float64)."""
+    scores = np.array([[1.0, 1.0 + 1e-12, 0.5, 1.0 + 2e-12]])
+    assert top_k_rows(scores, 2).tolist() == [[3, 1]] == [top_k(scores[0], 2).tolist()]
+    assert top_k_rows(np.array([[3, 1, 2, 3]]), 3).tolist() == [[0, 3, 2]]  # integer scores
