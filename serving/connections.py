@@ -28,6 +28,7 @@ import logging
 import resource
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -165,7 +166,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.limits.waiting[self] = None  # the newest waiter goes last
         self._arm(self.limits.header_timeout, self._headers_too_slow)
 
-    def _arm(self, seconds: float, callback: Any) -> None:
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
         self._disarm()
         self.deadline = self.loop.call_later(seconds, callback)
 

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
@@ -76,7 +76,8 @@ class DailyQuota:
         return self._used.get(app, 0)
 
     @contextlib.contextmanager
-    def _ledger(self, day: str):  # noqa: ANN202 - a context manager of an open, locked file
+    def _ledger(self, day: str) -> Iterator[BinaryIO]:
+        """Today's ledger, open for appending and locked against every other process."""
         if day != self._day:
             self._start_day(day)
         with open(self.directory / f"{day}.jsonl", "a+b") as ledger:
