@@ -202,7 +202,8 @@ def factor_part(model: Recommender) -> FactorModel | None:
     """The part of ``model`` whose scores are user · item factors: itself, a hybrid's ALS, or None."""
     if isinstance(model, FactorModel):
         return model
-    if isinstance(model, HybridModel) and isinstance(getattr(model, "cf", None), FactorModel):
+    # a blend of two collaborative parts has no single factor view: scored exactly
+    if isinstance(model, HybridModel) and not model.blended and isinstance(getattr(model, "cf", None), FactorModel):
         return model.cf
     return None
 

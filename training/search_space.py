@@ -21,6 +21,7 @@ from typing import Any
 
 import optuna
 
+from recsys.models.ease import MAX_EASE_ITEMS
 from recsys.settings import EngineSettings
 from training.config import TrainConfig
 
@@ -48,6 +49,7 @@ FLOATS: dict[str, tuple[float, float, bool]] = {
     "bpr.regularization": (1e-5, 0.1, True),
     "hybrid.content_weight": (0.0, 1.0, False),
     "hybrid.popularity_weight": (0.0, 1.0, False),
+    "hybrid.cf2_weight": (0.0, 1.0, False),
 }
 """(low, high, log scale) of every float dimension."""
 INTS: dict[str, tuple[int, int, bool]] = {
@@ -64,17 +66,32 @@ class SearchSpace:
     families: tuple[str, ...]
     half_lives: tuple[float, ...]
     base_engine: EngineSettings
+    ease_max_items: int = MAX_EASE_ITEMS
+    """EASE covers at most this many items in the search (its fit grows with the cube of it)."""
 
     @classmethod
     def for_data(cls, base_engine: EngineSettings, data_span_days: float,
-                 families: Sequence[str] = FAMILIES) -> SearchSpace:
+                 families: Sequence[str] = FAMILIES, ease_max_items: int = MAX_EASE_ITEMS) -> SearchSpace:
         """Half-lives longer than twice the data's span behave like no decay: left out. A store with one
         timestamp has nothing to decay, so only the configured half-life remains (it cannot matter)."""
         if data_span_days <= 0:
             lives: tuple[float, ...] = (base_engine.half_life_days,)
         else:
             lives = tuple(h for h in HALF_LIVES if h == 0 or h <= 2 * data_span_days)
-        return cls(tuple(families), lives, base_engine)
+        return cls(tuple(families), lives, base_engine, ease_max_items)
+
+    def fitted(self, recipe: TrainConfig) -> TrainConfig:
+        """``recipe`` with its EASE part (if any) covering at most :attr:`ease_max_items` items."""
+        params = dict(recipe.params)
+        if recipe.model == "ease":
+            params["max_items"] = min(params.get("max_items", MAX_EASE_ITEMS), self.ease_max_items)
+        elif recipe.model == "hybrid" and "ease" in (params.get("cf_model"), params.get("cf2_model")):
+            ease = dict(params.get("ease", {}))
+            ease["max_items"] = min(ease.get("max_items", MAX_EASE_ITEMS), self.ease_max_items)
+            params["ease"] = ease
+        else:
+            return recipe
+        return TrainConfig(model=recipe.model, params=params, engine=recipe.engine)
 
 
 def suggest_recipe(trial: optuna.Trial, space: SearchSpace) -> TrainConfig:
@@ -82,15 +99,20 @@ def suggest_recipe(trial: optuna.Trial, space: SearchSpace) -> TrainConfig:
     family = _categorical(trial, "family", space.families)
     params = _family_params(trial, family)
     engine = _engine(trial, space, family)
-    return TrainConfig(model=family, params=params, engine=engine)
+    return space.fitted(TrainConfig(model=family, params=params, engine=engine))
 
 
 def _family_params(trial: optuna.Trial, family: str) -> dict[str, Any]:
     if family == "hybrid":
         cf = _categorical(trial, "hybrid.cf_model", HYBRID_CF)
-        return {"cf_model": cf, cf: _family_params(trial, cf), "cf_weight": 1.0,
-                "content_weight": _float(trial, "hybrid.content_weight"),
-                "popularity_weight": _float(trial, "hybrid.popularity_weight")}
+        params = {"cf_model": cf, cf: _family_params(trial, cf), "cf_weight": 1.0,
+                  "content_weight": _float(trial, "hybrid.content_weight"),
+                  "popularity_weight": _float(trial, "hybrid.popularity_weight")}
+        second = _categorical(trial, "hybrid.cf2_model", ("none", *HYBRID_CF))
+        if second not in ("none", cf):  # a blend of two kinds of collaborative model
+            params.update({"cf2_model": second, second: _family_params(trial, second),
+                           "cf2_weight": _float(trial, "hybrid.cf2_weight")})
+        return params
     if family == "popularity":
         return {"shrinkage": _float(trial, "popularity.shrinkage"),
                 "by_segment": _categorical(trial, "popularity.by_segment", (True, False))}
@@ -148,8 +170,12 @@ def params_of(recipe: TrainConfig, space: SearchSpace) -> dict[str, Any]:
         cf = resolved["cf_model"]
         _put(out, "hybrid.cf_model", cf, HYBRID_CF)
         _put_family(out, cf, resolved[cf])
-        for key in ("content_weight", "popularity_weight"):
+        for key in ("content_weight", "popularity_weight", "cf2_weight"):
             _put_float(out, f"hybrid.{key}", resolved[key] / resolved["cf_weight"] if resolved["cf_weight"] else 0.0)
+        second = resolved["cf2_model"]
+        _put(out, "hybrid.cf2_model", second, ("none", *HYBRID_CF))
+        if second != "none":
+            _put_family(out, second, resolved[second])
     else:
         _put_family(out, recipe.model, resolved)
     _put(out, "engine.half_life_days", recipe.engine.half_life_days, space.half_lives)

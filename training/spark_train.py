@@ -124,6 +124,9 @@ def check_supported(cfg: TrainConfig) -> None:
     if cfg.model not in SUPPORTED_MODELS:
         raise ValueError(f"--engine spark fits ALS only: use --model als or --model hybrid "
                          f"(whose collaborative part is ALS), not {cfg.model!r}")
+    if cfg.model == "hybrid" and cfg.params.get("cf2_model", "none") != "none":
+        raise ValueError("--engine spark fits one ALS part: a hybrid blending two collaborative parts "
+                         "(cf2_model) trains with --engine implicit")
     if cfg.engine.confidence not in SUPPORTED_TRANSFORMS:
         raise ValueError(f"--engine spark supports the confidence transforms {', '.join(SUPPORTED_TRANSFORMS)}; "
                          f"MLlib cannot take {cfg.engine.confidence!r} (use --engine implicit)")

@@ -35,6 +35,7 @@ import optuna
 from features.dataset import Dataset, ProtocolChoice, StoreFrames, build_dataset
 from features.splits import Split, split_with_confidence, with_confidence
 from recsys import models
+from recsys.models.ease import MAX_EASE_ITEMS
 from recsys.settings import EngineSettings
 from training.config import TrainConfig, config_from_dict, load_config, shipped_recipes
 from training.evaluate import evaluate
@@ -53,8 +54,21 @@ BUDGET_MAX_SECONDS = 2_400.0
 """Default budget = base + per event, capped: 100k events get 100 s, 1M 460 s, 5M the 40-minute cap
 (the whole weekly job on 5M events stays under an hour on 2 cores)."""
 
+EASE_SECONDS_PER_CUBED_ITEM = 4e-11
+"""EASE's fit is a dense items x items inverse on one core: about 30 s at 9k items, 5 minutes at 20k."""
+
 SHIPPED_START = ("itemknn", "popularity", "ease", "als", "hybrid", "hybrid-large")
 """Shipped recipes enqueued after the configured one, cheapest first (the first learner probes the half-life)."""
+
+
+EASE_BUDGET_SHARE = 0.12
+"""One EASE trial may take about this share of the budget: it caps the items EASE covers in the search."""
+
+
+def ease_cap(budget: float) -> int:
+    """Items an EASE trial may cover for its fit to take about :data:`EASE_BUDGET_SHARE` of ``budget``."""
+    items = (EASE_BUDGET_SHARE * budget / EASE_SECONDS_PER_CUBED_ITEM) ** (1 / 3)
+    return int(min(max(items, 1_000), MAX_EASE_ITEMS))
 
 
 def auto_budget(n_events: int) -> float:
@@ -159,7 +173,7 @@ def tune(cache: DatasetCache, configured: TrainConfig, options: TuneOptions,
     assert first.validation is not None and first.data_start is not None and first.data_end is not None
     budget = options.budget_seconds if options.budget_seconds is not None else auto_budget(first.n_events)
     span_days = (first.data_end - first.data_start).total_seconds() / 86_400
-    space = SearchSpace.for_data(configured.engine, span_days, _families(options.families))
+    space = SearchSpace.for_data(configured.engine, span_days, _families(options.families), ease_cap(budget))
     runner = _Runner(cache, space, _validation_sample(first.validation, options.seed), budget, say)
     study = _study(options.seed)
     known = [(f"previous:{i}" if i else "previous", r) for i, r in enumerate(options.start_from)]
@@ -194,7 +208,7 @@ def _shipped(operator: EngineSettings, space: SearchSpace) -> list[tuple[str, Tr
     found = []
     for name in SHIPPED_START:
         if name in recipes:
-            recipe = _with_operator_engine(load_config(recipes[name]), operator)
+            recipe = space.fitted(_with_operator_engine(load_config(recipes[name]), operator))
             if recipe.model in space.families:
                 found.append((f"shipped:{name}", recipe))
     return found
@@ -242,6 +256,7 @@ class _Runner:
 
     def __init__(self, cache: DatasetCache, space: SearchSpace, sample: Split, budget: float, say: Progress) -> None:
         self.cache, self.space, self.sample_truth, self.budget, self.say = cache, space, sample.truth, budget, say
+        self.known_items = int(sample.train.known_items.sum())
         self.started = time.perf_counter()
         self.records: list[TrialRecord] = []
         self.cost: dict[str, float] = {}
@@ -281,7 +296,7 @@ class _Runner:
         origin = trial.user_attrs.get("origin", "search")
         record = TrialRecord(trial.number, recipe, origin, "running")
         self.records.append(record)
-        if self._would_overrun(recipe.model):
+        if self._would_overrun(recipe):
             record.state = "skipped"
             raise optuna.TrialPruned(f"{recipe.model} would overrun the budget")
         t0 = time.perf_counter()
@@ -292,7 +307,8 @@ class _Runner:
             log.warning("trial %d (%s) failed: %s", trial.number, recipe.model, exc, exc_info=True)
             raise optuna.TrialPruned(str(exc)) from exc
         record.seconds = time.perf_counter() - t0
-        self.cost[recipe.model] = max(self.cost.get(recipe.model, 0.0), record.seconds)
+        key = _cost_key(recipe)
+        self.cost[key] = max(self.cost.get(key, 0.0), record.seconds)
         record.state, record.ndcg10, record.recall20 = "complete", ndcg, recall
         self.best = max(self.best, ndcg)
         self.say(f"tuning: trial {trial.number + 1} {recipe.model} ({origin}) ndcg@10 {ndcg:.4f}, "
@@ -311,9 +327,19 @@ class _Runner:
     def _left(self) -> float:
         return self.budget - (time.perf_counter() - self.started)
 
-    def _would_overrun(self, family: str) -> bool:
-        """Skip a trial whose family took longer before than the budget has left (with 20% slack)."""
-        return family in self.cost and self.cost[family] > 1.2 * self._left()
+    def _would_overrun(self, recipe: TrainConfig) -> bool:
+        """Skip a trial whose family took longer before, or whose dense EASE inverse is estimated to take
+        longer, than the budget has left (with 20% slack)."""
+        expected = max(self.cost.get(_cost_key(recipe), 0.0), self._ease_seconds(recipe))
+        return expected > 1.2 * self._left()
+
+    def _ease_seconds(self, recipe: TrainConfig) -> float:
+        params = recipe.resolved_params
+        ease = params if recipe.model == "ease" else params.get("ease") if params.get("cf_model") == "ease" else None
+        if ease is None:
+            return 0.0
+        covered = min(self.known_items, int(ease["max_items"]))
+        return EASE_SECONDS_PER_CUBED_ITEM * covered ** 3
 
     def result(self, configured: TrainConfig, budget: float, note: str) -> TuningResult:
         done = [r for r in self.records if r.state == "complete"]
@@ -325,6 +351,11 @@ class _Runner:
         return TuningResult(best=best.recipe, best_ndcg10=best.ndcg10, configured_ndcg10=configured_score,
                             trials=self.records, seconds=time.perf_counter() - self.started, budget_seconds=budget,
                             validation_users=int((np.diff(self.sample_truth.indptr) > 0).sum()), note=note)
+
+
+def _cost_key(recipe: TrainConfig) -> str:
+    """Trials that cost alike: a family, a hybrid by its collaborative part."""
+    return f"hybrid/{recipe.params.get('cf_model', 'als')}" if recipe.model == "hybrid" else recipe.model
 
 
 def _finite(value: float | None) -> float | None:

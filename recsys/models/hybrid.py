@@ -1,11 +1,14 @@
 """The default model for the cultural cloud: collaborative + content + segment popularity.
 
     score(u, i) = w_cf · cf(u, i) / max_j cf(u, j)
+                [+ w_cf2 · cf2(u, i) / max_j cf2(u, j)]
                 + w_content · cos(profile(u), f(i))
                 + w_pop · pop_seg(u)(i) / max_j pop_seg(u)(j)
 
 ``cf`` is the collaborative model named by ``cf_model``: ALS (default; warm-started on
-refit, folds in new users), item-kNN or EASE, each with its own typed config; ``f(i)`` the
+refit, folds in new users), item-kNN or EASE, each with its own typed config. An optional
+second collaborative part ``cf2_model`` of another kind blends two views of the same history
+(a neighbourhood model and a factor model err differently); ``f(i)`` the
 item's L2-normalised facets (category, kind, tags, region);
 ``profile(u)`` the confidence-weighted sum of the facets of the user's history. An event
 announced yesterday has no interactions, so ALS cannot score it, but its facets can match
@@ -18,7 +21,7 @@ from typing import Literal, Self
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from recsys.models.als import ALSConfig, ALSModel
 from recsys.models.base import ModelConfig, Recommender, TrainingData, csr_arrays, csr_from, sparse_row_dots
@@ -32,6 +35,9 @@ CF_MODELS: dict[str, type[Recommender]] = {"als": ALSModel, "itemknn": ItemKNNMo
 
 class HybridConfig(ModelConfig):
     cf_model: Literal["als", "itemknn", "ease"] = "als"
+    cf2_model: Literal["none", "als", "itemknn", "ease"] = Field(
+        "none", description="an optional second collaborative part, of another kind than cf_model")
+    cf2_weight: float = Field(0.0, ge=0)
     als: ALSConfig = ALSConfig()
     itemknn: ItemKNNConfig = ItemKNNConfig()
     ease: EASEConfig = EASEConfig()
@@ -43,6 +49,12 @@ class HybridConfig(ModelConfig):
         default_factory=lambda: {"category": 1.0, "kind": 0.5, "tags": 0.7, "region": 0.6}
     )
 
+    @model_validator(mode="after")
+    def _two_kinds(self) -> HybridConfig:
+        if self.cf2_model == self.cf_model:
+            raise ValueError(f"cf2_model must differ from cf_model ({self.cf_model!r}); use 'none' for one part")
+        return self
+
 
 class HybridModel(Recommender):
     name = "hybrid"
@@ -51,15 +63,26 @@ class HybridModel(Recommender):
 
     def fit(self, data: TrainingData) -> Self:
         self.cf = self._new_cf().fit(data)
+        if self.blended:
+            self.cf2 = self._new_cf(self.config.cf2_model).fit(data)
         return self._fit_rest(data)
 
     def refit(self, data: TrainingData) -> Self:
-        self.cf = self.cf.refit(data) if self._fitted else self._new_cf().fit(data)
+        if not self._fitted:
+            return self.fit(data)
+        self.cf = self.cf.refit(data)  # warm-started where the part can
+        if self.blended:
+            self.cf2 = self.cf2.refit(data)
         return self._fit_rest(data)
 
-    def _new_cf(self) -> Recommender:
-        name = self.config.cf_model
+    def _new_cf(self, name: str | None = None) -> Recommender:
+        name = name or self.config.cf_model
         return CF_MODELS[name](getattr(self.config, name))
+
+    @property
+    def blended(self) -> bool:
+        """Whether a second collaborative part takes part in the score."""
+        return self.config.cf2_model != "none"
 
     def _fit_rest(self, data: TrainingData) -> Self:
         self.popularity = PopularityModel(self.config.popularity).fit(data)
@@ -70,13 +93,14 @@ class HybridModel(Recommender):
     # ---- scoring ---------------------------------------------------------------------
     def components(self, users: np.ndarray, history: sp.csr_matrix) -> dict[str, np.ndarray]:
         """The three normalised parts, each (len(users), n_items); used to explain a score."""
-        cf = self.cf.score(users, history)
-        cf = np.where(np.isfinite(cf), cf, 0.0)
-        return {
-            "cf": _row_max_normalised(cf),
+        parts = {
+            "cf": _collaborative(self.cf, users, history),
             "content": self.content_scores(history),
             "popularity": _row_max_normalised(self.popularity.score(users, history)),
         }
+        if self.blended:
+            parts["cf2"] = _collaborative(self.cf2, users, history)
+        return parts
 
     def content_scores(self, history: sp.csr_matrix) -> np.ndarray:
         profile = np.asarray((history.astype(np.float32) @ self.facets).todense())
@@ -91,6 +115,8 @@ class HybridModel(Recommender):
         cfg = self.config
         combined = (cfg.cf_weight * parts["cf"] + cfg.content_weight * parts["content"]
                     + cfg.popularity_weight * parts["popularity"])
+        if self.blended:
+            combined += cfg.cf2_weight * parts["cf2"]
         return combined.astype(np.float32, copy=False)
 
     def item_similarity(self, item: int) -> np.ndarray | None:
@@ -109,6 +135,8 @@ class HybridModel(Recommender):
     # ---- persistence -----------------------------------------------------------------
     def _arrays(self) -> dict[str, np.ndarray]:
         arrays = {f"cf.{k}": v for k, v in self.cf._arrays().items()}
+        if self.blended:
+            arrays.update({f"cf2.{k}": v for k, v in self.cf2._arrays().items()})
         arrays.update({f"pop.{k}": v for k, v in self.popularity._arrays().items()})
         arrays.update(csr_arrays("facets", self.facets))
         return arrays
@@ -117,10 +145,20 @@ class HybridModel(Recommender):
         self.cf = self._new_cf()
         self.cf._restore({k[3:]: v for k, v in arrays.items() if k.startswith("cf.")})
         self.cf._fitted = True
+        if self.blended:
+            self.cf2 = self._new_cf(self.config.cf2_model)
+            self.cf2._restore({k[4:]: v for k, v in arrays.items() if k.startswith("cf2.")})
+            self.cf2._fitted = True
         self.popularity = PopularityModel(self.config.popularity)
         self.popularity._restore({k[4:]: v for k, v in arrays.items() if k.startswith("pop.")})
         self.popularity._fitted = True
         self.facets = csr_from("facets", arrays)
+
+
+def _collaborative(part: Recommender, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
+    """A collaborative part's scores, unscorable items at 0, each row scaled to a maximum of 1."""
+    scores = part.score(users, history)
+    return _row_max_normalised(np.where(np.isfinite(scores), scores, 0.0))
 
 
 def _row_max_normalised(scores: np.ndarray) -> np.ndarray:
