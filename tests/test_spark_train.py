@@ -346,8 +346,9 @@ def test_the_gate_refits_a_champion_of_another_engine(trained: Trained, demo: De
     split = load_dataset(demo.home, cfg.engine, test_days=7).split
     assert split is not None and implicit_version.tags["config_hash"] == cfg.config_hash()
     sentinel = Evaluation(metrics={"ndcg@10": -1.0})
-    assert _champion_ndcg(client, implicit_version, cfg, sentinel, split, "implicit") == -1.0
-    refitted = _champion_ndcg(client, implicit_version, cfg, sentinel, split, "spark")
+    same_split = lambda _settings: split  # noqa: E731 - the champion's recipe shares this weighting
+    assert _champion_ndcg(client, implicit_version, cfg, sentinel, same_split, "implicit") == -1.0
+    refitted = _champion_ndcg(client, implicit_version, cfg, sentinel, same_split, "spark")
     assert refitted == pytest.approx(trained.implicit["key_metrics"]["ndcg@10"], abs=1e-3)
 
 
