@@ -98,7 +98,8 @@ def test_train_waits_for_an_ingest_holding_the_store_then_runs(trained: Path, tm
     # The holder is this process, for as long as the train needs to reach the lock (a
     # subprocess ingest might finish before the train has even imported its libraries).
     with writer_lock(home, command="recsys ingest --interactions big.csv"):
-        train = recsys("train", "--home", str(home.root), "--model", "als", "--no-promote", "--json", text=True)
+        train = recsys("train", "--home", str(home.root), "--model", "als", "--no-promote", "--json", "--no-tune",
+                       text=True)
         time.sleep(8)
         assert train.poll() is None  # waiting: nothing read, logged or written meanwhile
         assert count_rows(home, runs) == runs_before and len(store.ingest_log(home)) == entries_before
@@ -153,7 +154,8 @@ def test_the_api_answers_every_request_while_a_train_runs(trained: Path, tmp_pat
     for thread in threads:
         thread.start()
     try:
-        train = run_recsys("train", "--home", str(root), "--model", "hybrid", "--seed", "3", "--json", timeout=300)
+        train = run_recsys("train", "--home", str(root), "--model", "hybrid", "--seed", "3", "--json", "--no-tune",
+                           timeout=300)
         during = len(answered)
         time.sleep(0.3)
     finally:

@@ -19,6 +19,9 @@ from training.cli.common import HomeOption, JsonOption, emit, home_of, stderr_co
 
 err = stderr_console()
 
+QUICKSTART_TUNE_SECONDS = 30.0
+"""The quickstart's recipe search budget: the whole quickstart stays under two minutes."""
+
 
 def quickstart_cmd(
     users: Annotated[int, typer.Option("--users", min=100)] = 20_000,
@@ -55,7 +58,8 @@ def quickstart_cmd(
                           items=paths["items"])
         summary["ingest"] = ingested.to_dict()
         status.update("[bold]training")
-        result = train(engine_home, TrainOptions(config=load_config(model="hybrid"), seed=seed),
+        result = train(engine_home, TrainOptions(config=load_config(model="hybrid"), seed=seed,
+                                                 tune_budget=QUICKSTART_TUNE_SECONDS),
                        progress=lambda step: status.update(f"[bold]training: {step}"))
         summary["train"] = result.to_dict()
         status.update("[bold]writing the planner report")
