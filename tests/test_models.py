@@ -248,3 +248,14 @@ def test_ease_explains_a_pair_from_two_columns_and_cached_norms(families, monkey
     read.clear()
     model.item_similarity_matrix(np.array([0, 4, 9, 12]), np.array([1, 2, 3]))
     assert sum(read) == 7
+
+
+def test_factor_similarity_norms_follow_a_refit(data):
+    """The norms a factor model keeps for explaining are those of its current factors."""
+    model = models.create("als", FAST["als"]).fit(data)
+    items, others = np.array([0, 7, 21]), np.array([1, 2, 3, 40])
+    before = model.item_similarity_matrix(items, others)
+    model.item_factors = np.roll(model.item_factors, 1, axis=0)  # as a refit assigns new factors
+    after = model.item_similarity_matrix(items, others)
+    np.testing.assert_allclose(after, _per_item(model, items, others), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(after, before)

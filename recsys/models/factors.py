@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import Recommender, cosine_between, cosine_to_all
+from recsys.models.base import Recommender, cosine_pairs, inverse_norms
 
 
 def fold_in(history: sp.csr_matrix, item_factors: np.ndarray, regularization: float) -> np.ndarray:
@@ -64,16 +64,26 @@ class FactorModel(Recommender):
     def item_similarity(self, item: int) -> np.ndarray | None:
         if not self.known_items[item]:
             return None
-        similarity = cosine_to_all(self.item_factors, item)
+        inverse = self._item_inverse_norms()
+        similarity = ((self.item_factors @ self.item_factors[item]) * inverse * inverse[item]).astype(np.float32)
         similarity[~self.known_items] = 0.0
         return similarity
 
     def item_similarity_matrix(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """Cosine of item factors for these pairs only, with the norms computed once per model."""
         items, others = np.asarray(items, dtype=np.int64), np.asarray(others, dtype=np.int64)
-        similarity = cosine_between(self.item_factors, items, others)
+        similarity = cosine_pairs(self.item_factors, self._item_inverse_norms(), items, others)
         similarity[:, ~self.known_items[others]] = 0.0
         similarity[~self.known_items[items]] = np.nan
         return similarity
+
+    def _item_inverse_norms(self) -> np.ndarray:
+        """:func:`recsys.models.base.inverse_norms` of the current item factors (recomputed after a fit)."""
+        cached = self.__dict__.get("_inverse_norms")
+        if cached is None or cached[0] is not self.item_factors:
+            cached = (self.item_factors, inverse_norms(self.item_factors))
+            self._inverse_norms = cached
+        return cached[1]
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"user_factors": self.user_factors, "item_factors": self.item_factors,
