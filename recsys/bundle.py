@@ -39,6 +39,8 @@ from recsys.users import UserTable
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+"""The file that makes a directory a bundle (and the one a download is searched for)."""
 
 
 class BundleError(ValueError):
@@ -73,7 +75,8 @@ class ModelBundle:
         self.model.save(directory / "model")
         self.catalog.save(directory / "catalog")
         self.users.save(directory / "users")
-        np.savez_compressed(directory / "weights.npz", **csr_arrays("weights", self.weights))
+        weights: dict[str, Any] = csr_arrays("weights", self.weights)  # (typed so numpy's stub lets ** pass)
+        np.savez_compressed(directory / "weights.npz", **weights)
         if self.candidates is not None:
             self.candidates.save(directory / CANDIDATES_FILE)
         if self.ann is not None:
@@ -87,7 +90,7 @@ class ModelBundle:
             "n_users": len(self.users),
             "n_items": len(self.catalog),
         }
-        (directory / "manifest.json").write_text(
+        (directory / MANIFEST_FILE).write_text(
             json.dumps(manifest, ensure_ascii=False, indent=2, default=str), encoding="utf-8"
         )
         return directory
@@ -96,7 +99,7 @@ class ModelBundle:
     def load(cls, directory: Path) -> ModelBundle:
         directory = Path(directory)
         try:
-            manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+            manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
             if manifest.get("format_version") != FORMAT_VERSION:
                 raise BundleError(f"unsupported artifact format {manifest.get('format_version')!r}")
             model = models.load(directory / "model")
@@ -124,3 +127,19 @@ class ModelBundle:
         scores = self.model.score(np.array([0 if self.weights.shape[0] else -1]), row)
         if scores.shape != (1, len(self.catalog)) or np.isnan(scores).any():
             raise BundleError("model produced malformed scores in the load check")
+
+
+def find_bundle_dir(root: Path) -> Path:
+    """The bundle directory inside ``root`` (a downloaded model's artifacts, or a bundle itself):
+    the directory of the shallowest :data:`MANIFEST_FILE` under ``root``, ties broken by path.
+
+    The one rule for every reader of a download (the registry's ``download_bundle``, a server's
+    registry source). Raises :class:`BundleError` when there is none.
+    """
+    root = Path(root)
+    if (root / MANIFEST_FILE).is_file():
+        return root
+    found = sorted(root.rglob(MANIFEST_FILE), key=lambda path: (len(path.parts), str(path)))
+    if not found:
+        raise BundleError(f"no {MANIFEST_FILE} in the model artifacts at {root}")
+    return found[0].parent

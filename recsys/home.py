@@ -13,6 +13,8 @@ from pathlib import Path
 DEFAULT_HOME = ".recsys"
 REGISTERED_MODEL = "cultural-recsys"
 EXPERIMENT = "cultural-recsys"
+CHAMPION = "champion"
+"""The registered model's alias that servers load and the training gate promotes to."""
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:

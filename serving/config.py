@@ -17,11 +17,14 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from recsys.home import REGISTERED_MODEL, EngineHome
+from recsys.home import CHAMPION, REGISTERED_MODEL, EngineHome
 from serving.auth import MIN_KEY_LENGTH, check_key_length, parse_inline_keys
 
-DEFAULT_ALIAS = "champion"
 ENV_PREFIX = "RECSYS_"
+DEFAULT_CANDIDATE_USERS = 200_000
+"""Most users whose candidates a server computes itself (1-1.5 ms of CPU each, at 20,000 items).
+Fewer than a training job's :data:`recsys.candidates.DEFAULT_MAX_USERS`: a server does this work
+on its own CPU while it serves."""
 
 
 def env_name(field: str) -> str:
@@ -45,7 +48,7 @@ class ServingSettings(BaseSettings):
         None, description="serve this bundle directory instead of the registry (development, tests)"
     )
     model_name: str = Field(REGISTERED_MODEL, description="registered model in the MLflow registry")
-    model_alias: str = Field(DEFAULT_ALIAS, description="alias of the registered model to serve")
+    model_alias: str = Field(CHAMPION, description="alias of the registered model to serve")
     admin_key: SecretStr | None = Field(
         None, description=f"an API key with the admin scope (app name 'admin'), at least {MIN_KEY_LENGTH} characters"
     )
@@ -107,9 +110,10 @@ class ServingSettings(BaseSettings):
     )
     max_batch: int = Field(10_000, ge=1, description="most interactions accepted in one POST")
     candidate_users: int = Field(
-        200_000, ge=0, description="for an artifact without precomputed candidates: most users (the most "
-                                   "active) whose candidates the server computes in the background, ~1.5 ms of "
-                                   "CPU each; the others keep full scoring. 0 = never compute",
+        DEFAULT_CANDIDATE_USERS, ge=0,
+        description="for an artifact without precomputed candidates: most users (the most active) whose "
+                    "candidates the server computes in the background, ~1.5 ms of CPU each; the others keep "
+                    "full scoring. 0 = never compute",
     )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="largest request body accepted (bytes)")
 

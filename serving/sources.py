@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from recsys.bundle import MANIFEST_FILE, BundleError, find_bundle_dir
+
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 _MLFLOW_LOCK = threading.Lock()
 
 
@@ -50,16 +51,6 @@ class ModelSource(Protocol):
         ...
 
 
-def find_bundle_dir(root: Path) -> Path:
-    """The directory holding ``manifest.json`` inside a download (shallowest first)."""
-    if (root / MANIFEST).is_file():
-        return root
-    found = sorted(root.rglob(MANIFEST), key=lambda p: (len(p.parts), str(p)))
-    if not found:
-        raise SourceError(f"no {MANIFEST} in the downloaded model at {root}")
-    return found[0].parent
-
-
 class DirectorySource:
     """A bundle directory on disk; its version is the manifest's ``version`` or a content hash."""
 
@@ -70,9 +61,9 @@ class DirectorySource:
 
     def current_version(self) -> str:
         try:
-            text = (self.directory / MANIFEST).read_bytes()
+            text = (self.directory / MANIFEST_FILE).read_bytes()
         except OSError as exc:
-            raise SourceError(f"cannot read {self.directory / MANIFEST}: {exc}") from exc
+            raise SourceError(f"cannot read {self.directory / MANIFEST_FILE}: {exc}") from exc
         return directory_version(text)
 
     def fetch(self, workdir: Path) -> Fetched:
@@ -126,7 +117,10 @@ class RegistrySource:
                 local = mlflow.artifacts.download_artifacts(uri, dst_path=str(workdir), tracking_uri=self.tracking_uri)
         except Exception as exc:
             raise SourceError(f"cannot download {uri}: {_first_line(exc)}") from exc
-        bundle_dir = find_bundle_dir(Path(local))
+        try:
+            bundle_dir = find_bundle_dir(Path(local))
+        except BundleError as exc:
+            raise SourceError(str(exc)) from exc
         return Fetched(bundle_dir, version, self.alias, self.model_name, self.kind, owned=True)
 
 

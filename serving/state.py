@@ -32,12 +32,10 @@ from recsys.candidates import most_active_users, precompute_candidates
 from recsys.contract import parse_timestamp
 from recsys.delivery import DeliveryEngine, Filters
 from serving.cache import LastKnownGood
+from serving.config import DEFAULT_CANDIDATE_USERS
 from serving.sources import ModelSource, SourceError
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CANDIDATE_USERS = 200_000
-"""Most users whose candidates a server computes itself (1-1.5 ms of CPU each, at 20,000 items)."""
 
 WARM_UP_USER = "\u0000warm-up"
 """An id no provider sends: exercises the fallback path while warming an engine."""

@@ -82,6 +82,10 @@ def _assert_full_path_lists(bundle: ModelBundle, lists, users) -> None:
         np.testing.assert_array_equal(lists.anchors_of(user), anchor_codes(bundle.model, items, history.indices))
 
 
+def test_every_model_is_among_the_families() -> None:
+    assert {name for name, _ in FAMILIES.values()} == set(models.MODELS)
+
+
 @pytest.mark.parametrize("label", list(FAMILIES))
 def test_lists_cost_one_model_call_per_chunk_and_match_the_full_path(label, data, monkeypatch):
     name, params = FAMILIES[label]

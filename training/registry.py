@@ -23,11 +23,10 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from recsys.home import EXPERIMENT, REGISTERED_MODEL, EngineHome
+from recsys.home import CHAMPION, EXPERIMENT, REGISTERED_MODEL, EngineHome
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
 CANDIDATE = "candidate"
 HISTORY_TAG = "champion_history"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
