@@ -1,6 +1,7 @@
 """Clean events and their weights: the first stage of every training and report job.
 
-clean: drop interactions on hidden items and exact duplicates;
+clean: drop interactions on hidden items, exact duplicates and rows flagged at ingest as
+likely poisoning (:mod:`features.poisoning`), so no model, evaluation window or report counts them;
 weight: the configured action weight (``rate``: value x rate_weight_per_star);
 decay: weight · 0.5^(age / half_life), age measured back from a reference time, so last
 week's reservation counts more than one from two months ago (half-life 0: no decay).
@@ -12,13 +13,15 @@ from datetime import datetime
 
 import polars as pl
 
+from features.poisoning import without_flagged
 from recsys.settings import EngineSettings
 
 
 def clean_events(interactions: pl.LazyFrame, items: pl.LazyFrame) -> pl.LazyFrame:
-    """Interactions on visible catalog items, exact duplicates removed."""
+    """Interactions on visible catalog items, exact duplicates and rows flagged at ingest
+    (:func:`features.poisoning.without_flagged`) removed, without the provenance columns."""
     visible = items.filter(~pl.col("hidden").fill_null(False)).select("item_id")
-    return interactions.unique(maintain_order=True).join(visible, on="item_id", how="semi")
+    return without_flagged(interactions).unique(maintain_order=True).join(visible, on="item_id", how="semi")
 
 
 def action_weight(settings: EngineSettings) -> pl.Expr:

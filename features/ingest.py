@@ -37,9 +37,10 @@ from typing import Any
 
 import polars as pl
 
-from features import schemas, store, writer
+from features import poisoning, schemas, store, writer
 from features.incoming import DEFAULT_KEEP_DAYS, abandoned, prune_consumed
 from features.lock import StoreLocked, writer_lock
+from features.poisoning import PoisonSettings
 from features.validate import (
     QUARANTINE,
     RAW_LINE,
@@ -48,6 +49,7 @@ from features.validate import (
     SOURCE,
     TABLE,
     TORN,
+    clean_text,
     typed,
     typed_table,
     validate_interactions,
@@ -55,6 +57,7 @@ from features.validate import (
     validate_users,
 )
 from features.writer import recover
+from recsys import provenance
 from recsys.contract import ALL_COLUMNS, ContractError, Reason, check_columns, latest_event_time
 from recsys.home import EngineHome
 from recsys.settings import EngineSettings
@@ -69,9 +72,10 @@ log = logging.getLogger(__name__)
 ORIGIN = "ingest_id"  # the run that first quarantined a row
 DATE = "__date"
 INCOMING = "incoming"  # table name of rows that came through the API's segments
+APP = "__app"  # the app an API line names as its source (recsys.provenance.SOURCE)
 _META: dict[str, pl.DataType] = {
     ORIGIN: pl.String(), TABLE: pl.String(), SOURCE: pl.String(), ROW: pl.Int64(),
-    RAW_LINE: pl.String(), TORN: pl.Boolean(),
+    RAW_LINE: pl.String(), TORN: pl.Boolean(), APP: pl.String(),
 }
 _PARQUET_SUFFIXES = {".parquet", ".pq"}
 CONFLICT_EXAMPLES = 5
@@ -94,6 +98,10 @@ class TableCounts:
     """Ids (items, users) given by several valid rows of this run with different values; the last row wins."""
     conflict_examples: list[str] = field(default_factory=list)
     """Up to :data:`CONFLICT_EXAMPLES` of those ids, smallest first."""
+    flagged: dict[str, int] = field(default_factory=dict)
+    """Accepted rows flagged as likely poisoning (:mod:`features.poisoning`), per reason: stored, left out."""
+    flagged_by_source: dict[str, dict[str, int]] = field(default_factory=dict)
+    """The same per source (app name or ``file:<name>``), then per reason."""
 
     @property
     def reconciles(self) -> bool:
@@ -105,6 +113,8 @@ class TableCounts:
             del values["erased"]
         if not self.conflicting_ids:
             del values["conflicting_ids"], values["conflict_examples"]
+        if not self.flagged:
+            del values["flagged"], values["flagged_by_source"]
         return {**values, "reconciles": self.reconciles}
 
 
@@ -268,12 +278,13 @@ def _parse_lines(chunk: bytes, source: str, first_line: int) -> tuple[list[dict[
     for number, line in enumerate(lines, start=first_line):
         if not line.strip():
             continue
-        row: dict[str, Any] = {SOURCE: source, ROW: number, TORN: False, RAW_LINE: None}
+        row: dict[str, Any] = {SOURCE: source, ROW: number, TORN: False, RAW_LINE: None, APP: None}
         try:
             record = json.loads(line)
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
             row.update({c: _as_field_text(record.get(c)) for c in ALL_COLUMNS["interactions"]})
+            row[APP] = _as_field_text(record.get(provenance.SOURCE))
         except ValueError:  # also covers UnicodeDecodeError
             row.update({TORN: True, RAW_LINE: line.decode("utf-8", errors="replace")})
         rows.append(row)
@@ -309,7 +320,8 @@ def _read_incoming_raw(home: EngineHome, entries: list[dict]) -> _Incoming:
         offsets[segment.name] = {"start": start, "end": start + complete, "first_line": first_line,
                                  "lines": consumed}
     columns = {c: pl.String() for c in ALL_COLUMNS["interactions"]}
-    schema = {**columns, SOURCE: pl.String(), ROW: pl.Int64(), TORN: pl.Boolean(), RAW_LINE: pl.String()}
+    schema = {**columns, SOURCE: pl.String(), ROW: pl.Int64(), TORN: pl.Boolean(), RAW_LINE: pl.String(),
+              APP: pl.String()}
     frame = pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
     return _Incoming(frame, offsets)
 
@@ -395,7 +407,7 @@ class _Compaction:
 
 
 def _no_compaction() -> _Compaction:
-    return _Compaction(schemas.empty("interactions").with_columns(pl.lit(None, pl.String).alias(DATE)),
+    return _Compaction(pl.DataFrame(schema={**schemas.STORED_INTERACTIONS, DATE: pl.String()}),
                        pl.DataFrame(schema=QUARANTINE))
 
 
@@ -407,13 +419,13 @@ def _compaction(home: EngineHome, erasure: _Erasure) -> _Compaction:
     path = "__file"
     files = store.interaction_files(home)
     if files:
-        hits = pl.scan_parquet(files, include_file_paths=path).filter(
+        hits = store.scan_parquet_as(files, schemas.STORED_INTERACTIONS, include_file_paths=path).filter(
             _erased_mask(erasure.new, raw_line=False)).select(pl.col(path).unique()).collect()[path].to_list()
         if hits:
-            kept = pl.scan_parquet(sorted(hits), include_file_paths=path).filter(
+            kept = store.scan_parquet_as(sorted(hits), schemas.STORED_INTERACTIONS, include_file_paths=path).filter(
                 ~_erased_mask(erasure.users, raw_line=False)).collect()
             day = pl.col(path).map_elements(lambda f: Path(f).parent.name.removeprefix("date="), pl.String)
-            result.interactions = kept.select([*schemas.INTERACTIONS, day.alias(DATE)])
+            result.interactions = kept.select([*schemas.STORED_INTERACTIONS, day.alias(DATE)])
             result.retires = sorted(Path(f).relative_to(home.store).as_posix() for f in hits)
     quarantine = store.quarantine_files(home)
     if quarantine:
@@ -520,8 +532,10 @@ class _Outcome:
     users: pl.DataFrame | None
 
 
-def _evaluate(home: EngineHome, batch: _Batch, settings: EngineSettings) -> _Outcome:
-    """Validate and de-duplicate a batch against the current store; count every row's fate."""
+def _evaluate(home: EngineHome, batch: _Batch, settings: EngineSettings,
+              poison: PoisonSettings | None = None) -> _Outcome:
+    """Validate and de-duplicate a batch against the current store, flag likely poisoning among
+    the accepted interactions (:mod:`features.poisoning`); count every row's fate."""
     tz = settings.timezone
     items = validate_items(batch.items.lazy(), tz)
     users = validate_users(batch.users.lazy(), tz)
@@ -543,7 +557,10 @@ def _evaluate(home: EngineHome, batch: _Batch, settings: EngineSettings) -> _Out
     users_df, users_table = _upsert(users_df, current_users_df, "users", "user_id")
     checked = (items_df, users_df, interactions_df)
     accepted = interactions_df.filter(pl.col(STATUS) == "accepted")
+    users_after = users_table if users_table is not None else current_users_df if home.users.exists() else None
+    stored = _with_provenance(home, accepted, users_after, poison)
     counts = _count(checked)
+    _count_flagged(counts, accepted[TABLE], stored)
     for table, (n, examples) in conflicts.items():
         if n:
             counts[table].conflicting_ids, counts[table].conflict_examples = n, examples
@@ -551,11 +568,41 @@ def _evaluate(home: EngineHome, batch: _Batch, settings: EngineSettings) -> _Out
                      n, table, ", ".join(examples))
     return _Outcome(
         counts=counts,
-        interactions=typed_table(accepted.lazy(), "interactions").with_columns(accepted[DATE]).collect(),
+        interactions=stored.with_columns(accepted[DATE]),
         quarantine=pl.concat([_quarantine_rows(df) for df in checked]),
         items=items_table,
         users=users_table,
     )
+
+
+def _with_provenance(home: EngineHome, accepted: pl.DataFrame, users: pl.DataFrame | None,
+                     poison: PoisonSettings | None) -> pl.DataFrame:
+    """The accepted interactions as stored: typed contract columns, their source and their flag."""
+    rows = typed_table(accepted.lazy(), "interactions").collect().with_columns(_source_of(accepted))
+    history = store.scan_interactions(home, lift_known_users=False)
+    return rows.with_columns(poisoning.flag_rows(rows, history, users, poison))
+
+
+def _source_of(accepted: pl.DataFrame) -> pl.Series:
+    """Who sent each row: the app an API line names, else ``file:<name>`` of its file."""
+    files = {path: provenance.file_source(path) for path in accepted[SOURCE].drop_nulls().unique().to_list()}
+    by_app = pl.coalesce(clean_text(APP), pl.lit(provenance.UNKNOWN_API_SOURCE))
+    by_file = pl.col(SOURCE).replace_strict(files, default=None, return_dtype=pl.String)
+    return accepted.select(
+        pl.when(pl.col(TABLE) == INCOMING).then(by_app).otherwise(by_file).alias(provenance.SOURCE)
+    ).to_series()
+
+
+def _count_flagged(counts: dict[str, TableCounts], tables: pl.Series, stored: pl.DataFrame) -> None:
+    """Add the flagged rows per source table, reason and source to ``counts``."""
+    flagged = stored.select(provenance.SOURCE, provenance.FLAG).with_columns(tables.alias(TABLE)).filter(
+        pl.col(provenance.FLAG).is_not_null())
+    for table, source, flag, n in flagged.group_by(TABLE, provenance.SOURCE, provenance.FLAG).len().sort(
+            TABLE, provenance.SOURCE, provenance.FLAG, nulls_last=True).iter_rows():
+        entry = counts.setdefault(table, TableCounts())
+        entry.flagged[flag] = entry.flagged.get(flag, 0) + n
+        by_source = entry.flagged_by_source.setdefault(source or provenance.UNKNOWN_API_SOURCE, {})
+        by_source[flag] = by_source.get(flag, 0) + n
 
 
 def _status(duplicate: pl.Expr) -> pl.Expr:
@@ -716,6 +763,7 @@ def ingest(
     include_incoming: bool = True,
     wait_seconds: float = 0,
     keep_incoming_days: float = DEFAULT_KEEP_DAYS,
+    poison: PoisonSettings | None = None,
 ) -> IngestSummary:
     """Validate provider files and the API's new lines and append them to the store.
 
@@ -753,7 +801,7 @@ def ingest(
             users=_drop_erased(frames.get("users", _raw(None, "users")), erasure, dropped),
             interactions=_drop_erased(pl.concat([file_interactions, api_lines]), erasure, dropped),
         )
-        outcome = _evaluate(home, batch, settings)
+        outcome = _evaluate(home, batch, settings, poison)
         summary.tables.update(outcome.counts)
         _count_erased(summary.tables, dropped)
         if has_lines:
@@ -784,7 +832,7 @@ def _prune_incoming(home: EngineHome, entries: list[dict], keep_days: float) -> 
 
 
 def retry_quarantine(home: EngineHome, settings: EngineSettings | None = None, *,
-                     wait_seconds: float = 0) -> IngestSummary:
+                     wait_seconds: float = 0, poison: PoisonSettings | None = None) -> IngestSummary:
     """Validate every quarantined row again; rows that pass now join the store.
 
     The rows still failing are committed as one new quarantine file that replaces the old
@@ -811,7 +859,7 @@ def retry_quarantine(home: EngineHome, settings: EngineSettings | None = None, *
             users=_raw(kept.filter(table == "users"), "users"),
             interactions=_raw(interactions, "interactions"),
         )
-        outcome = _evaluate(home, batch, settings)
+        outcome = _evaluate(home, batch, settings, poison)
         summary.tables = outcome.counts
         _count_erased(summary.tables, dropped)
         unchanged = outcome.quarantine.height == rows.height and (
@@ -848,7 +896,8 @@ def read_incoming(home: EngineHome, settings: EngineSettings | None = None
     lines = _raw(incoming.frame, "interactions", table=INCOMING, ingest_id="")
     batch = _Batch(_raw(None, "items"), _raw(None, "users"), _drop_erased(lines, _erasure(home, entries), {}))
     outcome = _evaluate(home, batch, settings)
-    return outcome.interactions.drop(DATE), {name: span["end"] for name, span in incoming.offsets.items()}
+    rows = outcome.interactions.select(list(schemas.INTERACTIONS))
+    return rows, {name: span["end"] for name, span in incoming.offsets.items()}
 
 
 def store_info(home: EngineHome) -> dict:
@@ -863,6 +912,7 @@ def store_info(home: EngineHome) -> dict:
         store.scan_quarantine(home).group_by(REASON).len().sort(REASON),
     ]
     totals, actions, users, kinds, quarantine = pl.collect_all(jobs)
+    flags = _flag_info(home)
     entries = store.ingest_log(home)
     pending = _pending_incoming_bytes(home, entries)
     first, last = totals["first"][0], totals["last"][0]
@@ -876,10 +926,31 @@ def store_info(home: EngineHome) -> dict:
         "interactions_by_action": dict(actions.iter_rows()),
         "items_by_kind": {("unknown" if k is None else str(k)): n for k, n in kinds.iter_rows()},
         "quarantine": {"rows": int(quarantine["len"].sum()), "by_reason": dict(quarantine.iter_rows())},
+        **flags,
         "ingests": sum(1 for e in entries if e.get("kind", "ingest") == "ingest"),
         "quarantine_retries": sum(1 for e in entries if e.get("kind") == "retry"),
         "last_ingest": entries[-1].get("time") if entries else None,
         "incoming_pending_bytes": pending,
+    }
+
+
+def _flag_info(home: EngineHome) -> dict[str, dict[str, Any]]:
+    """``flagged`` (as ingest flagged them, per reason and per source) and ``left_out`` (what
+    training and the report leave out now: an ``unknown_user`` flag lifts once the users table
+    lists the user), each with its row count."""
+    raw = store.scan_interactions(home, lift_known_users=False).filter(pl.col(provenance.FLAG).is_not_null())
+    by_reason, by_source, now = pl.collect_all([
+        poisoning.left_out(raw),
+        raw.group_by(provenance.SOURCE, provenance.FLAG).len().sort(provenance.SOURCE, provenance.FLAG),
+        poisoning.left_out(store.scan_interactions(home)),
+    ])
+    sources: dict[str, dict[str, int]] = {}
+    for source, flag, n in by_source.iter_rows():
+        sources.setdefault(source or provenance.UNKNOWN_API_SOURCE, {})[flag] = n
+    return {
+        "flagged": {"rows": int(by_reason["rows"].sum()), "by_reason": dict(by_reason.iter_rows()),
+                    "by_source": sources},
+        "left_out": {"rows": int(now["rows"].sum()), "by_reason": dict(now.iter_rows())},
     }
 
 

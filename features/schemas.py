@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from recsys.provenance import FLAG, SOURCE
+
 UTC_TIME = pl.Datetime("us", "UTC")
 
 INTERACTIONS = {
@@ -17,6 +19,17 @@ INTERACTIONS = {
     "ts": UTC_TIME,
     "value": pl.Float64,
 }
+
+PROVENANCE = {
+    SOURCE: pl.String,
+    FLAG: pl.String,
+}
+"""Columns every stored interaction carries beyond the contract: who sent it, and why ingest
+flagged it (:mod:`features.poisoning`). Files written before them read as nulls."""
+
+STORED_INTERACTIONS = {**INTERACTIONS, **PROVENANCE}
+"""An interaction partition file: the contract's columns (which decide what is a duplicate)
+plus :data:`PROVENANCE`."""
 
 USERS = {
     "user_id": pl.String,

@@ -1,7 +1,8 @@
 """The training features of :mod:`features.dataset`, computed with Spark DataFrames.
 
 Same definitions, same result: the committed store files (commit rule and erasures of
-:mod:`features.store`), clean events (hidden items and exact duplicates dropped), action
+:mod:`features.store`; rows flagged as likely poisoning left out, :mod:`features.poisoning`),
+clean events (hidden items and exact duplicates dropped), action
 weights, half-life decay, one summed weight per user x item, the global time cutoff and the
 test truth (positives after the cutoff by train users, on items they had not touched in
 training). Every step over interactions runs in Spark; the driver receives only what the
@@ -17,6 +18,7 @@ to the Spark rows too (``u``, ``i``), ready for MLlib, which needs integer ids.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import cast
@@ -29,9 +31,10 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from features import schemas, store
+from features import poisoning, schemas, store
 from features.dataset import Dataset, Split, catalog_from_frame, users_from_frame
 from features.events import MIN_DECAYED_WEIGHT
+from recsys import provenance
 from recsys.confidence import to_confidence
 from recsys.contract import HIGH_RATING, POSITIVE_ACTIONS
 from recsys.home import EngineHome
@@ -61,16 +64,21 @@ class SparkStoreFrames:
         """Committed interaction files only; erased users filtered out of interactions and users."""
         erased = sorted(store.erased_users(home))
         files = [str(path) for path in store.interaction_files(home)]
-        interactions = _read_table(spark, "interactions", files)
+        interactions = _read(spark, schemas.STORED_INTERACTIONS, files)
         users = _read_table(spark, "users", [str(home.users)] if home.users.exists() else [])
         items = _read_table(spark, "items", [str(home.items)] if home.items.exists() else [])
-        return cls(_without_erased(spark, interactions, erased), _without_erased(spark, users, erased), items)
+        users = _without_erased(spark, users, erased)
+        interactions = _without_flagged(_without_erased(spark, interactions, erased), users)
+        return cls(interactions, users, items)
 
 
 def spark_schema(table: str) -> T.StructType:
     """The Spark schema of a stored table, derived from :data:`features.schemas.SCHEMAS`."""
-    return T.StructType([T.StructField(name, _spark_type(dtype), True)
-                         for name, dtype in schemas.SCHEMAS[table].items()])
+    return _struct(schemas.SCHEMAS[table])
+
+
+def _struct(schema: Mapping[str, pl.DataType]) -> T.StructType:
+    return T.StructType([T.StructField(name, _spark_type(dtype), True) for name, dtype in schema.items()])
 
 
 def _spark_type(dtype: pl.DataType) -> T.DataType:
@@ -90,7 +98,12 @@ def _spark_type(dtype: pl.DataType) -> T.DataType:
 
 
 def _read_table(spark: SparkSession, table: str, files: list[str]) -> DataFrame:
-    schema = spark_schema(table)
+    return _read(spark, schemas.SCHEMAS[table], files)
+
+
+def _read(spark: SparkSession, columns: Mapping[str, pl.DataType], files: list[str]) -> DataFrame:
+    """Store files in ``columns`` (a column a file lacks, like the provenance of older files, reads as null)."""
+    schema = _struct(columns)
     if not files:
         return spark.createDataFrame([], schema)
     # An explicit schema: no inference pass over the files, and the stored names and types.
@@ -103,6 +116,17 @@ def _without_erased(spark: SparkSession, frame: DataFrame, erased: list[str]) ->
     gone = spark.createDataFrame([(user,) for user in erased], T.StructType([T.StructField("user_id",
                                                                                             T.StringType())]))
     return frame.join(F.broadcast(gone), on="user_id", how="left_anti")
+
+
+def _without_flagged(interactions: DataFrame, users: DataFrame) -> DataFrame:
+    """The rows that count, without the provenance columns: what
+    :func:`features.poisoning.lift_known_users` and :func:`~features.poisoning.without_flagged`
+    leave of a store read (an ``unknown_user`` flag lifts once the users table lists the user)."""
+    known = users.select("user_id").distinct().withColumn("__known", F.lit(True))
+    flag = F.col(provenance.FLAG)
+    lifted = (flag == F.lit(poisoning.Flag.UNKNOWN_USER.value)) & F.col("__known").isNotNull()
+    return (interactions.join(known, on="user_id", how="left").filter(flag.isNull() | lifted)
+            .drop("__known", *schemas.PROVENANCE))
 
 
 # --------------------------------------------------------------------------- events and weights

@@ -29,7 +29,7 @@ from pathlib import Path
 import polars as pl
 from polars.io.plugins import register_io_source
 
-from features import schemas
+from features import poisoning, schemas
 from features.validate import QUARANTINE
 from recsys.home import EngineHome
 
@@ -185,12 +185,21 @@ def interaction_files(home: EngineHome) -> list[Path]:
     return [f for f in files if f.stem in committed and f.relative_to(home.store).as_posix() not in retired]
 
 
-def scan_interactions(home: EngineHome) -> pl.LazyFrame:
-    """All committed interactions (schema :data:`features.schemas.INTERACTIONS`)."""
+def scan_interactions(home: EngineHome, *, lift_known_users: bool = True) -> pl.LazyFrame:
+    """All committed interactions (schema :data:`features.schemas.STORED_INTERACTIONS`: the
+    contract's columns plus ``source`` and ``flag``, null in files written before them).
+
+    An ``unknown_user`` flag reads as null once the users table lists the user
+    (:func:`features.poisoning.lift_known_users`); ``lift_known_users=False`` shows the flags
+    as ingest wrote them.
+    """
     files = interaction_files(home)
     if not files:
-        return schemas.empty("interactions").lazy()
-    return _without_erased(scan_files(files, schemas.INTERACTIONS), home)
+        return pl.DataFrame(schema=schemas.STORED_INTERACTIONS).lazy()
+    frame = _without_erased(scan_files(files, schemas.STORED_INTERACTIONS), home)
+    if lift_known_users and home.users.exists():
+        frame = poisoning.lift_known_users(frame, scan_users(home))
+    return frame
 
 
 def scan_users(home: EngineHome) -> pl.LazyFrame:
@@ -219,8 +228,7 @@ def scan_files(files: list[Path], schema: Mapping[str, pl.DataType]) -> pl.LazyF
 
     def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
                _batch_size: int | None) -> Iterator[pl.DataFrame]:
-        frame = pl.scan_parquet(paths, hive_partitioning=False).select(
-            [pl.col(c).cast(t) for c, t in schema.items()])
+        frame = scan_parquet_as(paths, schema).select([pl.col(c).cast(t) for c, t in schema.items()])
         if with_columns is not None:
             frame = frame.select(with_columns)
         if predicate is not None:
@@ -230,13 +238,27 @@ def scan_files(files: list[Path], schema: Mapping[str, pl.DataType]) -> pl.LazyF
         try:
             result = frame.collect()
         except (pl.exceptions.PolarsError, OSError) as exc:
-            culprit = _first_unreadable(paths, with_columns or list(schema))
+            # provenance columns may be absent from a healthy file (written before them)
+            needed = [c for c in with_columns or list(schema) if c not in schemas.PROVENANCE]
+            culprit = _first_unreadable(paths, needed)
             if culprit is None:  # no single file is to blame: the original error says more
                 raise
             raise StoreDamaged(f"cannot read store file {culprit[0]}: {culprit[1]}; {VERIFY_HINT}") from exc
         yield result
 
     return register_io_source(source, schema=dict(schema), is_pure=True, explain_name="store files")
+
+
+def scan_parquet_as(paths: list[Path], schema: Mapping[str, pl.DataType],
+                    include_file_paths: str | None = None) -> pl.LazyFrame:
+    """A plain polars scan of store files in ``schema``: columns a file has beyond it are
+    ignored, and when ``schema`` holds the provenance columns, a file written before them
+    reads them as nulls."""
+    if not set(schema) & set(schemas.PROVENANCE):
+        return pl.scan_parquet(paths, hive_partitioning=False, extra_columns="ignore",
+                               include_file_paths=include_file_paths)
+    return pl.scan_parquet(paths, hive_partitioning=False, schema=dict(schema), missing_columns="insert",
+                           extra_columns="ignore", include_file_paths=include_file_paths)
 
 
 def file_problem(path: Path, columns: list[str] | None = None) -> str | None:

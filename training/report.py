@@ -9,6 +9,10 @@ in, so a reader (the API, a browser) never sees half a report:
   every chart;
 * ``summary.json``: what the API serves, per region; ``meta.json``: window and settings.
 
+Interactions flagged at ingest as likely poisoning (:mod:`features.poisoning`) are left
+out of every number and do not move the window; ``meta.json``, ``summary.json`` and the
+page say how many were left out and why (``left_out``).
+
 Every number in every output is already suppressed where it rests on fewer than
 ``min_users`` people.
 """
@@ -29,6 +33,7 @@ from typing import Any
 import polars as pl
 
 from features.aggregates import ReportTables, plan_report
+from features.poisoning import left_out, without_flagged
 from features.store import scan_interactions, scan_items, scan_users
 from recsys.contract import parse_timestamp
 from recsys.home import EngineHome
@@ -98,8 +103,9 @@ def write_report(
     moment = _parse_at(at, settings.timezone, now)
     destination = Path(out_dir) if out_dir is not None else engine_home.reports / "latest"
 
-    plan = plan_report(
-        scan_interactions(engine_home), scan_users(engine_home), scan_items(engine_home),
+    interactions = scan_interactions(engine_home)
+    plan = plan_report(  # flagged rows neither count nor move the window (features.poisoning)
+        without_flagged(interactions), scan_users(engine_home), scan_items(engine_home),
         window_days=window_days, min_users=min_users, at=moment, settings=settings, now=now,
     )
     tables = plan.collect()
@@ -110,6 +116,7 @@ def write_report(
 
     meta = _meta(bounds, window_days=window_days, min_users=min_users, lang=lang,
                  at_given=moment is not None, settings=settings)
+    meta["left_out"] = left_out_since(interactions, bounds["prev_start"], now)
     summary = build_summary(tables, meta)
     staging = _write_staging(destination, tables, summary, meta, lang)
     _publish(staging, destination)
@@ -118,6 +125,14 @@ def write_report(
     log.info("report for %s .. %s written to %s in %.2fs", result.window_start, result.window_end,
              destination, result.seconds)
     return result
+
+
+def left_out_since(interactions: pl.LazyFrame, start: datetime, now: datetime) -> dict[str, Any]:
+    """Flagged rows (likely poisoning) dated after ``start`` and not after ``now``: the ones
+    that would otherwise have entered this report or moved its window. ``rows`` and ``by_reason``."""
+    recent = interactions.filter((pl.col("ts") > start) & (pl.col("ts") <= now))
+    counts = left_out(recent).collect()
+    return {"rows": int(counts["rows"].sum()), "by_reason": dict(counts.iter_rows())}
 
 
 def _parse_at(at: datetime | str | None, timezone: str, now: datetime) -> datetime | None:
@@ -228,6 +243,7 @@ def build_summary(tables: ReportTables, meta: dict[str, Any]) -> dict[str, Any]:
     )
     return {
         "window": {"start": meta["window_start"], "end": meta["window_end"], "days": meta["window_days"]},
+        "left_out": meta.get("left_out", {"rows": 0, "by_reason": {}}),
         "generated_at": meta["generated_at"],
         "min_users": meta["min_users"],
         "lang": lang,

@@ -105,6 +105,7 @@ TEXT: dict[str, dict[str, str]] = {
         "generated": "生成时间：{at}",
         "end_latest": "窗口截止于数据中最新一次互动的时间，因此对历史数据也能得到有意义的报告。",
         "end_given": "窗口截止于指定的时间。",
+        "left_out": "入库时标记为疑似刷量（投毒）的互动不计入本报告：上一窗口开始以来共 {n} 条{reasons}。",
         "kpi_active": "活跃用户",
         "kpi_regions": "区",
         "kpi_under": "供给不足的 区×类别",
@@ -154,6 +155,8 @@ TEXT: dict[str, dict[str, str]] = {
         "end_latest": "The window ends at the latest interaction in the data, so reports on historical data "
                       "describe its last weeks.",
         "end_given": "The window ends at the time given.",
+        "left_out": "Interactions flagged at ingest as likely poisoning are left out of this report: {n} since the "
+                    "previous window's start{reasons}.",
         "kpi_active": "active users",
         "kpi_regions": "districts",
         "kpi_under": "undersupplied district × category",
@@ -529,8 +532,16 @@ def _header(summary: dict[str, Any], meta: dict[str, Any], text: dict[str, str],
     cards = "".join(f'<div class="kpi"><b>{escape(v)}</b><span>{escape(k)}</span></div>' for v, k in kpis)
     return (f'<h1>{escape(text["title"])}</h1><p class="sub">{escape(window)}</p>'
             f'<p class="sub">{escape(rule)}</p>'
+            f'<p class="sub">{escape(_left_out_line(meta, text))}</p>'
             f'<p class="sub">{escape(text["generated"].format(at=_local_time(meta["generated_at"], meta)))}</p>'
             f'<div class="kpis">{cards}</div>')
+
+
+def _left_out_line(meta: dict[str, Any], text: dict[str, str]) -> str:
+    """How many flagged rows the report left out, and why (``meta["left_out"]``)."""
+    left_out = meta.get("left_out") or {"rows": 0, "by_reason": {}}
+    reasons = ", ".join(f"{reason} {n:,}" for reason, n in left_out["by_reason"].items())
+    return text["left_out"].format(n=f"{left_out['rows']:,}", reasons=f" ({reasons})" if reasons else "")
 
 
 def sentence(cell: dict[str, Any], text: dict[str, str], lang: str) -> str:

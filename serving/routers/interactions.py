@@ -7,7 +7,9 @@ live state.
 A bad element never fails its batch: it is listed in ``rejected`` with its index and a
 reason code from :class:`recsys.contract.Reason` (or :data:`USER_ERASED` for a user erased
 on request). Accepted rows are fsynced to this
-process's incoming segment before the answer, then folded into the user's next request.
+process's incoming segment before the answer, then folded into the user's next request. Each
+line names the posting app (the key's app) as its ``source``, which ingest's poisoning
+defences judge rows by (:mod:`recsys.provenance`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pydantic import ValidationError
 
 from recsys.catalog import Catalog
 from recsys.contract import InteractionIn, Reason, latest_event_time, rating_in_scale
+from recsys.provenance import SOURCE
 from serving.auth import ApiKey
 from serving.deps import InteractionsWriterDep, ServedDep, Services, ServicesDep
 from serving.guard import retry_after
@@ -68,7 +71,7 @@ def post_interactions(key: InteractionsWriterDep, batch: Annotated[list[Any], Bo
                                       detail="this user was erased on request; their interactions are not kept"))
         else:
             accepted.append(checked[0])
-            records.append(checked[1])
+            records.append({**checked[1], SOURCE: key.app})  # who sent it: ingest judges rows by source
     if records:
         try:
             svc.segments.append(records)

@@ -69,6 +69,10 @@ def _render_ingest(summary: dict[str, Any]) -> None:
                 notes.append(f"{name}: skipped, this file was already ingested")
             elif counts["reasons"]:
                 notes.append(f"{name} quarantined: " + ", ".join(f"{r} {n}" for r, n in counts["reasons"].items()))
+            if counts.get("flagged"):
+                notes.append(f"{name} flagged as likely poisoning (kept, left out of training and reports): "
+                             + ", ".join(f"{source}: " + ", ".join(f"{r} {n}" for r, n in reasons.items())
+                                         for source, reasons in counts["flagged_by_source"].items()))
             if counts.get("conflicting_ids"):
                 notes.append(f"{name}: {counts['conflicting_ids']} id(s) given different values in this run, "
                              f"the last row wins: {', '.join(counts['conflict_examples'])}")
@@ -97,6 +101,12 @@ def _render_info(info: dict[str, Any]) -> None:
                           ("quarantine by reason", info["quarantine"]["by_reason"])):
         if counts:
             out.print(f"{title}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    flagged, left_out = info["flagged"], info["left_out"]
+    out.print(f"flagged as likely poisoning {flagged['rows']:,}; left out of training and reports "
+              f"{left_out['rows']:,}" + "".join(f", {reason} {n:,}" for reason, n in left_out["by_reason"].items()))
+    for source, reasons in flagged["by_source"].items():
+        out.print(f"  flagged from {source}: " + ", ".join(f"{reason} {n:,}" for reason, n in reasons.items()),
+                  markup=False)
     out.print(f"quarantined rows {info['quarantine']['rows']:,}; ingests {info['ingests']}, "
               f"quarantine retries {info['quarantine_retries']}; "
               f"incoming bytes not yet ingested {info['incoming_pending_bytes']:,}")
