@@ -51,7 +51,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -161,7 +161,8 @@ class InnerProductIndex:
         queries = np.ascontiguousarray(np.atleast_2d(user_vectors), dtype=np.float32)
         # OpenMP's thread count is a per-thread setting: set it in the calling (request) thread
         _set_threads(int(self.params.get("search_threads", 1)))
-        params = faiss.SearchParametersIVF(nprobe=min(int(nprobe or self.nprobe), self.nlist))
+        # faiss's stub omits the keyword arguments SWIG's constructor takes
+        params = faiss.SearchParametersIVF(nprobe=min(int(nprobe or self.nprobe), self.nlist))  # type: ignore[call-arg]
         if allowed is not None:
             bits = np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")  # alive until the search returns
             params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
@@ -203,9 +204,8 @@ def factor_part(model: Recommender) -> FactorModel | None:
     if isinstance(model, FactorModel):
         return model
     # a blend of two collaborative parts has no single factor view: scored exactly
-    if isinstance(model, HybridModel) and not model.blended and isinstance(getattr(model, "cf", None), FactorModel):
-        return model.cf
-    return None
+    cf = getattr(model, "cf", None) if isinstance(model, HybridModel) and not model.blended else None
+    return cf if isinstance(cf, FactorModel) else None
 
 
 def build_for(model: Recommender, n_items: int, settings: AnnSettings) -> InnerProductIndex | None:
@@ -319,7 +319,7 @@ def ann_top_n_batch(index: InnerProductIndex, user_vectors: np.ndarray, allowed_
     for row in range(rows):
         seen = exclude.indices[exclude.indptr[row]:exclude.indptr[row + 1]]
         best, scores = (None, None)
-        if fetched is not None:
+        if fetched is not None and exact is not None:  # both or neither
             candidates = fetched[row]
             keep = (candidates >= 0) & allowed_mask[candidates] & ~np.isin(candidates, seen)
             if int(keep.sum()) >= n:
@@ -416,7 +416,7 @@ class _HybridTerms:
     @classmethod
     def of(cls, model: HybridModel, index: InnerProductIndex, users: np.ndarray,
            history: sp.csr_matrix) -> _HybridTerms:
-        vector = model.cf.user_vectors(users, history)[0]
+        vector = cast(FactorModel, model.cf).user_vectors(users, history)[0]  # an index exists: cf has factors
         content = model.content_scores(history)[0]
         popularity = model.popularity.score(users, history)[0]
         peak = popularity.max() if len(popularity) else 0.0
@@ -434,8 +434,9 @@ class _HybridTerms:
 
     def combined(self, items: np.ndarray) -> np.ndarray:
         cfg = self.model.config
-        return (cfg.cf_weight * self.cf(items) + cfg.content_weight * self.content[items]
-                + cfg.popularity_weight * self.popularity[items]).astype(np.float32)
+        scores: np.ndarray = (cfg.cf_weight * self.cf(items) + cfg.content_weight * self.content[items]
+                              + cfg.popularity_weight * self.popularity[items]).astype(np.float32)
+        return scores
 
     def bound(self, cf_last: float, content_last: float, popularity_last: float) -> float:
         """The best hybrid score an item outside all three lists can have."""

@@ -89,15 +89,18 @@ class Catalog:
         Events in the future are allowed (people book ahead); open-ended items stay.
         """
         ended = self.ends_at < at  # nan compares False, so open-ended items stay
-        return ~self.hidden & ~ended
+        available: np.ndarray = ~self.hidden & ~ended
+        return available
 
     def has_place(self) -> np.ndarray:
-        return ~(np.isnan(self.lat) | np.isnan(self.lon))
+        placed: np.ndarray = ~(np.isnan(self.lat) | np.isnan(self.lon))
+        return placed
 
     def within_radius(self, lat: float, lon: float, radius_km: float) -> np.ndarray:
         """Items within ``radius_km`` of a point; items without a place (digital) are kept."""
         distance = self.distance_km(lat, lon)
-        return np.isnan(distance) | (distance <= radius_km)
+        within: np.ndarray = np.isnan(distance) | (distance <= radius_km)
+        return within
 
     def distance_km(self, lat: float, lon: float) -> np.ndarray:
         """Haversine distance from a point to every item (``nan`` for items without a place)."""
@@ -105,7 +108,8 @@ class Catalog:
         dphi = phi2 - phi1
         dlmb = np.radians(self.lon - lon)
         a = np.sin(dphi / 2) ** 2 + np.cos(phi1) * np.cos(phi2) * np.sin(dlmb / 2) ** 2
-        return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+        distance: np.ndarray = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+        return distance
 
     def kind_is(self, kind: str) -> np.ndarray:
         return self.kind == code_of(self.kinds, kind) if kind in self.kinds else np.zeros(len(self), bool)
@@ -113,7 +117,8 @@ class Catalog:
     def category_is(self, category: str) -> np.ndarray:
         if category not in self.categories:
             return np.zeros(len(self), bool)
-        return self.category == code_of(self.categories, category)
+        matches: np.ndarray = self.category == code_of(self.categories, category)
+        return matches
 
     def region_is(self, region: str) -> np.ndarray:
         return self.region == code_of(self.regions, region) if region in self.regions else np.zeros(len(self), bool)

@@ -97,11 +97,12 @@ def _canonical_truth(truth: object, n_users: int) -> sp.csr_matrix:
     """A CSR copy of ``truth`` with sorted, unique indices and no explicit zeros."""
     if not sp.issparse(truth):
         raise ValueError(f"truth must be a scipy.sparse matrix, got {type(truth).__name__}")
-    if truth.ndim != 2:
-        raise ValueError(f"truth must be 2-D (n_users, n_items), got shape {truth.shape}")
-    if truth.shape[0] != n_users:
-        raise ValueError(f"recs has {n_users} user rows but truth has {truth.shape[0]}")
-    csr = sp.csr_matrix(truth, copy=True)
+    matrix: sp.spmatrix | sp.sparray = truth  # a sparse matrix: checked just above
+    if matrix.ndim != 2:
+        raise ValueError(f"truth must be 2-D (n_users, n_items), got shape {matrix.shape}")
+    if matrix.shape[0] != n_users:
+        raise ValueError(f"recs has {n_users} user rows but truth has {matrix.shape[0]}")
+    csr = sp.csr_matrix(matrix, copy=True)
     # Summing duplicates also sorts indices, which the key search below relies on.
     csr.sum_duplicates()
     csr.eliminate_zeros()
@@ -184,7 +185,8 @@ def _hits(top: NDArray[np.int64], truth: sp.csr_matrix, k: int) -> NDArray[np.bo
 
 def _truth_counts(truth: sp.csr_matrix) -> NDArray[np.int64]:
     """Number of relevant items per user (row)."""
-    return np.diff(truth.indptr).astype(np.int64)
+    counts: NDArray[np.int64] = np.diff(truth.indptr).astype(np.int64)  # truth is untyped (scipy)
+    return counts
 
 
 def hits_matrix(recs: ArrayLike, truth: sp.spmatrix | sp.sparray, k: int) -> NDArray[np.bool_]:
@@ -249,7 +251,7 @@ def _ap_values(hits: NDArray[np.bool_], n_truth: NDArray[np.int64]) -> NDArray[n
 
 
 def _hit_values(hits: NDArray[np.bool_], n_truth: NDArray[np.int64]) -> NDArray[np.float64]:
-    return _only_eligible(hits.any(axis=1).astype(np.float64), n_truth)
+    return _only_eligible(np.asarray(hits.any(axis=1)).astype(np.float64), n_truth)
 
 
 def _rr_values(hits: NDArray[np.bool_], n_truth: NDArray[np.int64]) -> NDArray[np.float64]:

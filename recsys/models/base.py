@@ -54,7 +54,8 @@ class TrainingData:
     @property
     def known_items(self) -> np.ndarray:
         """Items with at least one training interaction."""
-        return np.diff(self.matrix.tocsc().indptr) > 0
+        known: np.ndarray = np.diff(self.matrix.tocsc().indptr) > 0
+        return known
 
 
 class ModelConfig(BaseModel):
@@ -115,7 +116,8 @@ class Recommender(ABC):
     def save(self, directory: Path) -> None:
         self._require_fitted()
         directory.mkdir(parents=True, exist_ok=True)
-        np.savez(directory / "model.npz", **self._arrays())
+        arrays: dict[str, Any] = self._arrays()  # numpy's stub would match a dict's values against allow_pickle
+        np.savez(directory / "model.npz", **arrays)
         meta = {"name": self.name, "params": self.config.model_dump()}
         (directory / "model.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
 
@@ -187,22 +189,25 @@ def cosine_between(vectors: np.ndarray, items: np.ndarray, others: np.ndarray) -
     left, right = vectors[items], vectors[others]
     left_norms, right_norms = np.linalg.norm(left, axis=1), np.linalg.norm(right, axis=1)
     denominator = np.where(left_norms > 0, left_norms, 1.0)[:, None] * right_norms[None, :]
-    return np.divide(left @ right.T, denominator, out=np.zeros(denominator.shape, np.float32),
-                     where=denominator > 0)
+    similarity: np.ndarray = np.divide(left @ right.T, denominator, out=np.zeros(denominator.shape, np.float32),
+                                       where=denominator > 0)
+    return similarity
 
 
 def inverse_norms(vectors: np.ndarray) -> np.ndarray:
     """1 / the length of every row of ``vectors`` (0 for a zero row), float32. A model computes it
     once, so that explaining a few pairs (:func:`cosine_pairs`) reads only those pairs' rows."""
     norms = np.linalg.norm(vectors, axis=1)
-    return np.divide(1.0, norms, out=np.zeros(len(norms), np.float32), where=norms > 0).astype(np.float32)
+    inverse: np.ndarray = np.divide(1.0, norms, out=np.zeros(len(norms), np.float32), where=norms > 0)
+    return inverse.astype(np.float32)
 
 
 def cosine_pairs(vectors: np.ndarray, inverse: np.ndarray, items: np.ndarray, others: np.ndarray) -> np.ndarray:
     """:func:`cosine_between` of rows ``items`` and ``others`` given every row's :func:`inverse_norms`
     (the same values up to float rounding): two gathers and one product, float32."""
     dots = vectors[items] @ vectors[others].T
-    return (dots * inverse[items, None] * inverse[None, others]).astype(np.float32, copy=False)
+    pairs: np.ndarray = (dots * inverse[items, None] * inverse[None, others]).astype(np.float32, copy=False)
+    return pairs
 
 
 def cosine_to_all(vectors: np.ndarray, item: int) -> np.ndarray:
@@ -210,4 +215,6 @@ def cosine_to_all(vectors: np.ndarray, item: int) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1)
     target = vectors[item]
     denominator = norms * (norms[item] or 1.0)
-    return np.divide(vectors @ target, denominator, out=np.zeros(len(vectors), np.float32), where=denominator > 0)
+    similarity: np.ndarray = np.divide(vectors @ target, denominator, out=np.zeros(len(vectors), np.float32),
+                                       where=denominator > 0)
+    return similarity

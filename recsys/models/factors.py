@@ -57,7 +57,7 @@ class FactorModel(Recommender):
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
         self._require_fitted()
-        scores = self.user_vectors(users, history) @ self.item_factors.T
+        scores: np.ndarray = self.user_vectors(users, history) @ self.item_factors.T
         scores[:, ~self.known_items] = -np.inf  # nothing learned about these items
         return scores.astype(np.float32, copy=False)
 
@@ -65,7 +65,8 @@ class FactorModel(Recommender):
         if not self.known_items[item]:
             return None
         inverse = self._item_inverse_norms()
-        similarity = ((self.item_factors @ self.item_factors[item]) * inverse * inverse[item]).astype(np.float32)
+        cosine: np.ndarray = (self.item_factors @ self.item_factors[item]) * inverse * inverse[item]
+        similarity = cosine.astype(np.float32)
         similarity[~self.known_items] = 0.0
         return similarity
 

@@ -49,7 +49,7 @@ class ItemKNNModel(Recommender):
     def item_similarity(self, item: int) -> np.ndarray | None:
         if not self.known_items[item]:
             return None
-        row = self.similarity.getrow(item).toarray().ravel().astype(np.float32)
+        row: np.ndarray = self.similarity.getrow(item).toarray().ravel().astype(np.float32)
         peak = row.max(initial=0.0)
         return row / peak if peak > 0 else row
 
@@ -59,7 +59,7 @@ class ItemKNNModel(Recommender):
         rows = self.similarity[items]
         peaks = np.maximum(rows.max(axis=1).toarray().ravel(), 0).astype(np.float32)
         pairs = rows[:, others].toarray().astype(np.float32, copy=False)
-        out = np.divide(pairs, peaks[:, None], out=pairs.copy(), where=peaks[:, None] > 0)
+        out: np.ndarray = np.divide(pairs, peaks[:, None], out=pairs.copy(), where=peaks[:, None] > 0)
         out[~self.known_items[items]] = np.nan
         return out
 

@@ -13,7 +13,7 @@ global ones and m the shrinkage (in weight units).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Self
+from typing import Any, Self, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -43,22 +43,22 @@ class PopularityModel(Recommender):
         self.region_weight = _group_sums(weights, self.user_region, max(len(users.regions), 1))
         self.regions = np.array(users.regions, dtype=str)
         self.ages = np.array(users.ages, dtype=str)
-        self._memo = {}
+        self._memo: dict[tuple[Any, ...], np.ndarray | None] = {}
         self._fitted = True
         return self
 
     # ---- public fallbacks ------------------------------------------------------------
     def global_scores(self) -> np.ndarray:
-        return self._remembered(("global",), self._global)
+        return cast(np.ndarray, self._remembered(("global",), self._global))  # never None: see _global
 
     def _global(self) -> np.ndarray:
         total = self.global_weight.sum()
         return (self.global_weight / total if total > 0 else self.global_weight).astype(np.float32)
 
-    def _remembered(self, key: tuple, compute: Callable[[], np.ndarray | None]) -> np.ndarray | None:
+    def _remembered(self, key: tuple[Any, ...], compute: Callable[[], np.ndarray | None]) -> np.ndarray | None:
         """Fallback scores are asked for on every request and fixed once fitted: compute each
         once, and hand out read-only arrays so no caller can change what the next one gets."""
-        memo: dict[tuple, np.ndarray | None] = self.__dict__.setdefault("_memo", {})
+        memo: dict[tuple[Any, ...], np.ndarray | None] = self.__dict__.setdefault("_memo", {})
         if key not in memo:
             scores = compute()
             if scores is not None:
@@ -83,7 +83,8 @@ class PopularityModel(Recommender):
         if total <= 0:
             return None
         m = self.config.shrinkage
-        return ((group_weight + m * self.global_scores()) / (total + m)).astype(np.float32)
+        shrunk: np.ndarray = ((group_weight + m * self.global_scores()) / (total + m)).astype(np.float32)
+        return shrunk
 
     # ---- interface -------------------------------------------------------------------
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
@@ -95,8 +96,10 @@ class PopularityModel(Recommender):
             return scores
         segments = np.where(users >= 0, self.user_segment[np.clip(users, 0, None)], -1)
         for segment in np.unique(segments[segments >= 0]):
-            shrunk = self._remembered(("segment", int(segment)),
-                                      lambda s=segment: self._shrunk(self.segment_weight[s]))
+            def shrink(s: Any = segment) -> np.ndarray | None:  # the default binds this loop's segment
+                return self._shrunk(self.segment_weight[s])
+
+            shrunk = self._remembered(("segment", int(segment)), shrink)
             if shrunk is not None:
                 scores[segments == segment] = shrunk
         return scores
