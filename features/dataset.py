@@ -269,10 +269,14 @@ def _indexed(pairs: pl.LazyFrame, user_axis: pl.LazyFrame, item_axis: pl.LazyFra
 
 
 def _csr(pairs: pl.DataFrame, shape: tuple[int, int]) -> sp.csr_matrix:
-    return sp.csr_matrix(
+    """A canonical CSR (column indices sorted within each row): the order rows arrive in (files, group-by
+    output) must not change the order a model sums a user's items in, or a fit's last float bits."""
+    matrix = sp.csr_matrix(
         (pairs["weight"].to_numpy().astype(np.float32), (pairs["u"].to_numpy(), pairs["i"].to_numpy())),
         shape=shape,
     )
+    matrix.sort_indices()
+    return matrix
 
 
 def _training_data(pairs: pl.DataFrame, shape: tuple[int, int], catalog: Catalog, users: UserTable,

@@ -30,7 +30,7 @@ from recsys.users import UserTable
 from tests.demo_store import cli_json, describe, prepare_mlflow_env, run_cli
 from training.config import TrainConfig, load_config, shipped_recipe, shipped_recipes
 from training.evaluate import evaluate
-from training.tune import DatasetCache, TuneOptions, TuningResult, tune
+from training.tune import DatasetCache, TrialRecord, TuneOptions, TuningResult, kept_within_noise, tune
 
 SEED = 0
 TEST_DAYS = 7.0
@@ -206,3 +206,27 @@ def test_a_built_wheel_carries_the_recipes(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"experiments/configs/{name}.toml" for name in shipped_recipes()} <= names
 
+
+
+# --------------------------------------------------------------------------- choosing among trials
+
+
+def _record(number: int, origin: str, ndcg: float) -> TrialRecord:
+    return TrialRecord(number, load_config(model="popularity"), origin, "complete", ndcg10=ndcg)
+
+
+def test_a_known_recipe_is_kept_unless_a_later_trial_beats_it_beyond_noise() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.random(4_000)
+    noise = rng.normal(0.0, 0.05, 4_000)
+    per_user = {0: base, 1: base + noise + 0.001, 2: base + noise + 0.02}
+    shipped, close, far = _record(0, "shipped:ease", base.mean()), _record(1, "search", per_user[1].mean()), \
+        _record(2, "search", per_user[2].mean())
+    # a search trial better by a hair (well within the paired standard error) does not replace the known recipe
+    assert kept_within_noise([shipped, close], close, per_user) is shipped
+    # one better by 0.02 on every user (about 25 standard errors) does
+    assert kept_within_noise([shipped, close, far], far, per_user) is far
+    # last week's winner comes first among equals
+    previous = _record(3, "previous", base.mean())
+    per_user[3] = base.copy()
+    assert kept_within_noise([shipped, previous, close], close, per_user) is previous

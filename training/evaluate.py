@@ -32,6 +32,8 @@ class Evaluation:
     metrics: dict[str, float]
     segments: list[dict[str, object]] = field(default_factory=list)
     n_users: int = 0
+    per_user: np.ndarray | None = None
+    """NDCG@10 of each evaluated user (users with truth, in row order): paired comparisons of models."""
 
     @property
     def ndcg10(self) -> float:
@@ -57,13 +59,13 @@ def evaluate(model: Recommender, split: Split, settings: EngineSettings, *, segm
         recs, truth, K_VALUES, item_counts=item_users, n_users_total=train.matrix.shape[0],
         item_category=train.catalog.category, cold_items_mask=split.cold_items,
     )
-    if not segments:
-        return Evaluation(metrics=result, n_users=len(eval_rows))
     per_user = metrics.per_user_ndcg(recs, truth, 10)
+    if not segments:
+        return Evaluation(metrics=result, n_users=len(eval_rows), per_user=per_user)
     rows = _segment_rows(per_user, train.users, eval_rows)
     result.update(_segment_metrics(rows))
     result.update(_rural_slots(recs, split))
-    return Evaluation(metrics=result, segments=rows, n_users=len(eval_rows))
+    return Evaluation(metrics=result, segments=rows, n_users=len(eval_rows), per_user=per_user)
 
 
 def _segment_rows(per_user: np.ndarray, users, rows: np.ndarray) -> list[dict[str, object]]:

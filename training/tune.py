@@ -45,8 +45,17 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
-MAX_VALIDATION_USERS = 5_000
+MAX_VALIDATION_USERS = 20_000
 """Validation users a trial is scored on (a seeded sample when there are more)."""
+
+SELECTION_Z = 2.0
+"""A recipe tried earlier (last week's winner, the configured one, a shipped one) is kept over a better-scoring
+later trial unless the later one is better by more than this many standard errors of the paired per-user
+difference: a search of many trials otherwise picks validation noise (the winner's curse), and a stable
+recipe keeps the weekly lists steady."""
+
+PRIORITY = {"previous": 0, "configured": 1, "shipped": 2, "search": 3}
+"""Which trials are preferred within noise, by the first word of their origin."""
 
 BUDGET_BASE_SECONDS = 60.0
 BUDGET_SECONDS_PER_EVENT = 4e-4
@@ -262,6 +271,7 @@ class _Runner:
         self.cost: dict[str, float] = {}
         self.best = -math.inf
         self.tried: set[str] = set()
+        self.per_user: dict[int, np.ndarray] = {}
 
     def run(self, study: optuna.Study, recipes: list[tuple[str, TrainConfig]], max_trials: int | None) -> None:
         """Try ``recipes`` in order (each once; none: let the sampler propose), within the budget and
@@ -301,12 +311,13 @@ class _Runner:
             raise optuna.TrialPruned(f"{recipe.model} would overrun the budget")
         t0 = time.perf_counter()
         try:
-            ndcg, recall = self._score(recipe)
+            ndcg, recall, per_user = self._score(recipe)
         except Exception as exc:  # one family failing on this data must not stop the weekly run
             record.state, record.error, record.seconds = "failed", str(exc)[:300], time.perf_counter() - t0
             log.warning("trial %d (%s) failed: %s", trial.number, recipe.model, exc, exc_info=True)
             raise optuna.TrialPruned(str(exc)) from exc
         record.seconds = time.perf_counter() - t0
+        self.per_user[trial.number] = per_user
         key = _cost_key(recipe)
         self.cost[key] = max(self.cost.get(key, 0.0), record.seconds)
         record.state, record.ndcg10, record.recall20 = "complete", ndcg, recall
@@ -315,14 +326,15 @@ class _Runner:
                  f"best {self.best:.4f}, {self._left():.0f} s left")
         return ndcg
 
-    def _score(self, recipe: TrainConfig) -> tuple[float, float]:
+    def _score(self, recipe: TrainConfig) -> tuple[float, float, np.ndarray]:
         data = self.cache.get(recipe.engine)
         assert data.validation is not None
         split = Split(train=data.validation.train, truth=self.sample_truth, cutoff=data.validation.cutoff,
                       cold_items=data.validation.cold_items)
         model = models.create(recipe.model, recipe.params).fit(split.train)
         result = evaluate(model, split, recipe.engine, segments=False)
-        return result.metrics["ndcg@10"], result.metrics["recall@20"]
+        assert result.per_user is not None
+        return result.metrics["ndcg@10"], result.metrics["recall@20"], result.per_user
 
     def _left(self) -> float:
         return self.budget - (time.perf_counter() - self.started)
@@ -345,12 +357,28 @@ class _Runner:
         done = [r for r in self.records if r.state == "complete"]
         if not done:
             raise ValueError("the recipe search completed no trial; raise --tune-budget or train with --no-tune")
-        best = max(done, key=lambda r: (r.ndcg10, -r.number))
+        top = max(done, key=lambda r: (r.ndcg10, -r.number))
+        best = kept_within_noise(done, top, self.per_user)
         wanted = configured.config_hash()  # tried once, perhaps as last week's winner
         configured_score = next((r.ndcg10 for r in done if r.recipe.config_hash() == wanted), None)
+        kept = "" if best is top else (f"; kept {best.origin} (trial {best.number}) over trial {top.number}, "
+                                       f"better by less than {SELECTION_Z:g} standard errors")
         return TuningResult(best=best.recipe, best_ndcg10=best.ndcg10, configured_ndcg10=configured_score,
                             trials=self.records, seconds=time.perf_counter() - self.started, budget_seconds=budget,
-                            validation_users=int((np.diff(self.sample_truth.indptr) > 0).sum()), note=note)
+                            validation_users=int((np.diff(self.sample_truth.indptr) > 0).sum()), note=note + kept)
+
+
+def kept_within_noise(done: list[TrialRecord], top: TrialRecord, per_user: dict[int, np.ndarray]) -> TrialRecord:
+    """The preferred trial (by :data:`PRIORITY`, then score) that ``top`` does not beat beyond noise:
+    a paired comparison over the same validation users (``per_user[trial number]``)."""
+    for record in sorted(done, key=lambda r: (PRIORITY.get(r.origin.split(":")[0], 3), -r.ndcg10, r.number)):
+        if record is top:
+            return top
+        difference = per_user[top.number] - per_user[record.number]
+        error = difference.std(ddof=1) / math.sqrt(len(difference)) if len(difference) > 1 else math.inf
+        if difference.mean() <= SELECTION_Z * error:
+            return record
+    return top
 
 
 def _cost_key(recipe: TrainConfig) -> str:
