@@ -81,6 +81,11 @@ class EngineHome:
         return self.root / "mlartifacts"
 
     @property
+    def registry_marker(self) -> Path:
+        """Which model registry this home uses (its identity), to notice a lost or swapped one."""
+        return self.root / "registry.json"
+
+    @property
     def reports(self) -> Path:
         return self.root / "reports"
 

@@ -5,6 +5,13 @@ engine runs offline with no server; ``MLFLOW_TRACKING_URI`` points it elsewhere.
 trained model is registered as a version of ``cultural-recsys`` with alias ``candidate``;
 ``champion`` is what the API serves. The registered model's tag ``champion_history`` keeps
 the previous champions so ``recsys rollback`` can step back.
+
+Guards at the edges: :func:`connect` refuses a registry that is not the one the home
+recorded (:mod:`training.registry_identity`: an emptied or swapped ``mlflow.db``); a
+version is loaded and checked like a server would before ``recsys promote`` or ``recsys
+rollback`` moves ``champion`` to it (:func:`check_version`); and a training starts by closing
+the runs a killed training left ``RUNNING`` (:func:`begin_training`,
+:mod:`training.abandoned_runs`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from recsys.bundle import ModelBundle
 from recsys.home import CHAMPION, EXPERIMENT, REGISTERED_MODEL, EngineHome
+from training import abandoned_runs, registry_identity
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +42,16 @@ PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
+_MARKERS: dict[str, tuple[Path, str]] = {}
+"""Per tracking URI connected to in this process: the home's registry marker and its key there."""
+
+
 def connect(home: EngineHome) -> MlflowClient:
-    """Point MLflow at the home's store (creating the experiment once) and return a client."""
+    """Point MLflow at the home's store (creating the experiment once) and return a client.
+
+    Raises :class:`~training.registry_identity.RegistryReplaced` (nothing changed) when the
+    store is not the registry this home recorded.
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     home.root.mkdir(parents=True, exist_ok=True)
     uri = home.tracking_uri()
@@ -42,11 +59,30 @@ def connect(home: EngineHome) -> MlflowClient:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
     client = MlflowClient()
+    key = registry_identity.marker_key(uri, f"sqlite:///{home.mlflow_db}")
+    registry_identity.check(client, home.registry_marker, key)  # before anything is created
     if client.get_experiment_by_name(EXPERIMENT) is None:
         location = home.mlflow_artifacts.as_uri() if uri.startswith("sqlite:") else None
         client.create_experiment(EXPERIMENT, artifact_location=location)
     mlflow.set_experiment(EXPERIMENT)
+    registry_identity.remember(client, home.registry_marker, key)
+    _MARKERS[uri] = (home.registry_marker, key)
     return client
+
+
+def begin_training(home: EngineHome) -> MlflowClient:
+    """What a training does first: check the registry (:func:`connect`) and close as FAILED the
+    runs a killed training left RUNNING (:func:`training.abandoned_runs.fail_abandoned`)."""
+    client = connect(home)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        abandoned_runs.fail_abandoned(client, experiment.experiment_id)
+    return client
+
+
+def run_tags() -> dict[str, str]:
+    """Tags of every run the engine starts: which process runs it (:func:`training.abandoned_runs.owner_tags`)."""
+    return abandoned_runs.owner_tags()
 
 
 @contextmanager
@@ -104,6 +140,9 @@ def register(client: MlflowClient, model_uri: str, tags: dict[str, str]) -> str:
     """Register a new version with the candidate alias; returns the version number."""
     version = mlflow.register_model(model_uri, REGISTERED_MODEL, tags=tags)
     client.set_registered_model_alias(REGISTERED_MODEL, CANDIDATE, version.version)
+    marker = _MARKERS.get(mlflow.get_tracking_uri())
+    if marker is not None:  # the home now knows this version exists
+        registry_identity.remember(client, *marker)
     return str(version.version)
 
 
@@ -155,12 +194,15 @@ def promote(client: MlflowClient, version: str) -> str | None:
     return previous.version if previous else None
 
 
-def rollback(client: MlflowClient) -> tuple[str, str]:
-    """Move ``champion`` back to the previous champion; returns (from, to)."""
+def rollback(client: MlflowClient, check: bool = False) -> tuple[str, str]:
+    """Move ``champion`` back to the previous champion; returns (from, to). With ``check``,
+    that version is loaded first (:func:`check_version`) and nothing moves if it is broken."""
     current = champion(client)
     history = _history(client)
     if current is None or not history:
         raise ValueError("nothing to roll back to: no previous champion recorded")
+    if check:
+        check_version(client, history[-1])
     target = history.pop()
     client.set_registered_model_tag(REGISTERED_MODEL, HISTORY_TAG, json.dumps(history))
     client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, target)
@@ -175,6 +217,31 @@ def _history(client: MlflowClient) -> list[str]:
     return list(json.loads(tags.get(HISTORY_TAG, "[]")))
 
 
+class VersionUnusable(ValueError):
+    """A registered version whose artifacts are missing or cannot be loaded."""
+
+
+def check_version(client: MlflowClient, version: str) -> None:
+    """Download ``version``'s bundle and load it as a server would (shapes, format, a scoring
+    smoke test); :class:`VersionUnusable` naming what is wrong, else nothing. Downloads into
+    a temporary directory that is removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="recsys-check-") as tmp:
+        try:
+            directory = download_bundle(client, version, Path(tmp))
+        except (VersionUnusable, MlflowException, OSError) as exc:
+            raise VersionUnusable(f"version {version}: its artifacts are missing or cannot be downloaded "
+                                  f"({_first_line(exc)}); champion was not moved") from exc
+        try:
+            ModelBundle.load(directory)
+        except ValueError as exc:  # BundleError and the contract's own ValueErrors
+            raise VersionUnusable(f"version {version} is broken: {_first_line(exc)}; champion was not moved") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def download_bundle(client: MlflowClient, version: str, destination: Path | None = None) -> Path:
     """Download a version's artifacts and return the bundle directory inside them."""
     try:
@@ -185,5 +252,5 @@ def download_bundle(client: MlflowClient, version: str, destination: Path | None
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{REGISTERED_MODEL}/{version}", dst_path=str(target)))
     manifests = sorted(local.rglob("manifest.json"))
     if not manifests:
-        raise ValueError(f"version {version} has no model bundle in its artifacts")
+        raise VersionUnusable(f"version {version} has no model bundle in its artifacts")
     return manifests[0].parent

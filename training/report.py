@@ -334,7 +334,9 @@ def log_report_to_mlflow(
         MlflowClient().log_artifacts(run_id, str(folder), artifact_path=ARTIFACT_PATH)
         return run_id
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    with mlflow.start_run(run_name="report") as run:
+    from training.abandoned_runs import owner_tags
+
+    with mlflow.start_run(run_name="report", tags=owner_tags()) as run:
         mlflow.set_tag("job", "report")
         mlflow.log_params({k: meta[k] for k in ("window_start", "window_end", "window_days", "min_users", "lang")})
         mlflow.log_artifacts(str(folder), artifact_path=ARTIFACT_PATH)

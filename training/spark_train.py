@@ -52,6 +52,7 @@ from recsys.models.als import ALSConfig, ALSModel
 from recsys.models.base import Recommender, TrainingData
 from recsys.models.hybrid import HybridModel
 from recsys.settings import EngineSettings
+from training import registry
 from training.config import TrainConfig
 from training.train import (
     Progress,
@@ -138,6 +139,7 @@ def train_spark(home: EngineHome, options: TrainOptions, spark: SparkOptions | N
     cfg = options.config
     check_supported(cfg)
     clock = Stopwatch(progress)
+    clock.timed("check the registry", lambda: registry.begin_training(home))  # refuses a swapped registry
     clock.timed("ingest pending API interactions", lambda: ingest_incoming(home))
     with ExitStack() as stack:
         session = clock.timed("start spark", lambda: stack.enter_context(spark_session(spark or SparkOptions())))

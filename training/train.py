@@ -119,6 +119,7 @@ class Stopwatch:
 def train(home: EngineHome, options: TrainOptions, progress: Progress | None = None) -> TrainResult:
     clock = Stopwatch(progress)
     cfg = options.config
+    clock.timed("check the registry", lambda: registry.begin_training(home))  # refuses a swapped registry
     clock.timed("ingest pending API interactions", lambda: ingest_incoming(home))
     frames = clock.timed("read the store", lambda: StoreFrames.read(home).collected())
     first: Dataset = clock.timed("build features", lambda: build_dataset(
@@ -201,7 +202,8 @@ def evaluate_and_register(home: EngineHome, options: TrainOptions, data: Dataset
 
     client = registry.connect(home)
     champion_before = registry.champion(client)
-    with mlflow.start_run(run_name=f"{cfg.model}-{datetime.now(UTC):%Y%m%dT%H%M%S}") as run:
+    with mlflow.start_run(run_name=f"{cfg.model}-{datetime.now(UTC):%Y%m%dT%H%M%S}",
+                          tags=registry.run_tags()) as run:
         _log_run(cfg, options, data, metrics, baseline, evaluation)
         mlflow.set_tag("split", data.note)
         mlflow.log_params({k: str(v)[:500] for k, v in {"engine": engine, **(engine_params or {})}.items()})

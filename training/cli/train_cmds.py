@@ -121,22 +121,26 @@ def _render_tuning(tuning: dict[str, Any] | None) -> None:
 
 def promote_cmd(version: Annotated[str, typer.Option("--version", help="Version to make champion")],
                 home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Make a registered version the champion (bypasses the gate; recorded for rollback)."""
+    """Make a registered version the champion (bypasses the gate; recorded for rollback).
+
+    The version's bundle is downloaded and loaded first, as a server would; a version whose
+    artifacts are missing or broken is refused (exit 2) and champion stays where it is."""
     from training import registry
 
     with user_errors():
         client = registry.connect(home_of(home))
+        registry.check_version(client, version)
         previous = registry.promote(client, version)
     emit({"champion": version, "previous": previous}, as_json)
 
 
 def rollback_cmd(home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Move champion back to the previous champion."""
+    """Move champion back to the previous champion (refused, exit 2, if that version's bundle is missing or broken)."""
     from training import registry
 
     with user_errors():
         client = registry.connect(home_of(home))
-        was, now = registry.rollback(client)
+        was, now = registry.rollback(client, check=True)
     emit({"champion": now, "previous": was}, as_json)
 
 
@@ -144,7 +148,8 @@ def models_cmd(home: HomeOption = None, as_json: JsonOption = False) -> None:
     """List registered versions, their aliases and key metrics."""
     from training import registry
 
-    client = registry.connect(home_of(home))
+    with user_errors():
+        client = registry.connect(home_of(home))
     rows = [v.to_dict() for v in registry.versions(client)]
     if as_json:
         emit({"versions": rows}, True)
