@@ -6,7 +6,11 @@
    (``features.synthetic``, activity up to today so items are current), two hybrid models
    fitted on it with different settings, both registered in the home's MLflow registry
    through ``training.registry``; version 1 is the champion.
-2. Starts a real uvicorn process (one worker) serving the champion from the registry.
+2. Starts a real uvicorn process (one worker) serving the champion from the registry, with
+   an app key (``RECSYS_API_KEYS``, scopes read + write:interactions) that every request
+   sends as ``X-API-Key`` (personal lists and posts need one) and an admin key for the
+   reload. The limits stay on, with the key's rate raised to twice the soak rate so the
+   soak's own pace is never refused.
 3. Sends an open-loop load at a fixed rate (requests are scheduled at ``i / rate`` whatever
    the answers do, so a slow server cannot slow the load down) for ``--duration`` seconds:
    60 % personal lists (known users, and 10 % strangers), 20 % similar items, 20 % posted
@@ -38,7 +42,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
-ADMIN_KEY = "soak-admin-key"
+ADMIN_KEY = "soak-admin-key-0123456789"
+APP_KEY = "soak-app-key-0123456789"
+"""The load's app key: plain-text keys need at least 16 characters (``serving.auth``)."""
+APP_SCOPES = "read+write:interactions"
 MAX_IN_FLIGHT = 256
 """Cap on concurrent requests: a stalled server shows as errors and latency, not as a fork bomb."""
 
@@ -104,8 +111,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(root: Path, port: int, log_file: Path) -> subprocess.Popen[bytes]:
+def start_server(root: Path, port: int, log_file: Path, rate: float) -> subprocess.Popen[bytes]:
+    from serving.config import ServingSettings, env_name
+
+    per_key = max(ServingSettings.model_fields["rate_per_key"].default, 2 * rate)
     env = {**os.environ, "RECSYS_HOME": str(root), "RECSYS_ADMIN_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1",
+           env_name("api_keys"): f"{APP_KEY}={APP_SCOPES}", env_name("rate_per_key"): str(per_key),
+           env_name("burst_per_key"): str(int(2 * per_key)),
            "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(log_file, "ab") as out:
@@ -194,7 +206,7 @@ async def soak(base: str, pid: int, root: Path, args: argparse.Namespace, users:
     memory = [(0.0, rss_mib(pid))]
     reload: dict[str, Any] = {}
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits, headers=key_headers()) as client:
         started = time.perf_counter()
         tasks: list[asyncio.Task] = []
         reload_task: asyncio.Task | None = None
@@ -222,7 +234,9 @@ async def soak(base: str, pid: int, root: Path, args: argparse.Namespace, users:
 async def do_reload(client, root: Path, out: dict[str, Any]) -> None:
     await asyncio.to_thread(promote, root, "2")
     started = time.perf_counter()
-    response = await client.post("/v1/admin/reload", headers={"X-API-Key": ADMIN_KEY}, timeout=120)
+    from serving.auth import API_KEY_HEADER
+
+    response = await client.post("/v1/admin/reload", headers={API_KEY_HEADER: ADMIN_KEY}, timeout=120)
     out.update(status=response.status_code, body=response.json(), seconds=round(time.perf_counter() - started, 2))
 
 
@@ -248,14 +262,21 @@ def summarize(tally: Tally, total: int, wall: float, memory: list[tuple[float, f
     }
 
 
+def key_headers() -> dict[str, str]:
+    """The app key every request of the load sends."""
+    from serving.auth import API_KEY_HEADER
+
+    return {API_KEY_HEADER: APP_KEY}
+
+
 def warm_up(base: str, users: list[str], items: list[str], count: int = 300) -> None:
     """Touch every route a few hundred times so caches and allocator pools settle before RSS is read."""
     import httpx
 
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with httpx.Client(base_url=base, timeout=30, headers=key_headers()) as client:
         for k in range(count):
-            client.get(f"/v1/users/{users[k % len(users)]}/recommendations", params={"n": 10})
-            client.get(f"/v1/items/{items[k % len(items)]}/similar", params={"n": 10})
+            client.get(f"/v1/users/{users[k % len(users)]}/recommendations", params={"n": 10}).raise_for_status()
+            client.get(f"/v1/items/{items[k % len(items)]}/similar", params={"n": 10}).raise_for_status()
 
 
 # ---- main -------------------------------------------------------------------------------
@@ -283,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(root / "store" / "incoming", ignore_errors=True)  # posts of an earlier run
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = start_server(root, port, args.workdir / "server.log")
+    server = start_server(root, port, args.workdir / "server.log", args.rate)
     try:
         wait_ready(base, server)
         warm_up(base, picked["users"], picked["items"])
