@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,8 @@ def main(argv: list[str]) -> int:
     bundle = ModelBundle.load(directory)
     rows = np.load(rows_file, allow_pickle=False)
     partial = out.with_name(out.name + ".partial.npz")
-    np.savez(partial, **score_share(bundle, rows, k, chunk))
+    arrays: dict[str, Any] = score_share(bundle, rows, k, chunk)  # Any: numpy's stub reads **values as allow_pickle
+    np.savez(partial, **arrays)
     os.replace(partial, out)
     return 0
 

@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -152,11 +152,11 @@ class Candidates:
 
     @property
     def n_rows(self) -> int:
-        return self.items.shape[0]
+        return int(self.items.shape[0])
 
     @property
     def k(self) -> int:
-        return self.items.shape[1]
+        return int(self.items.shape[1])
 
     def slot(self, user: int) -> int:
         """The user's row, or -1 when they have no list."""
@@ -204,7 +204,8 @@ class Candidates:
 
     # ---- persistence -----------------------------------------------------------------
     def save(self, path: Path) -> Path:
-        arrays = {"items": self.items, "scores": self.scores, "anchors": self.anchors, "complete": self.complete}
+        arrays: dict[str, Any] = {"items": self.items, "scores": self.scores, "anchors": self.anchors,
+                                  "complete": self.complete}  # Any: numpy's stub reads **values as allow_pickle
         if self.slots is not None:
             arrays["slots"] = self.slots
         np.savez(path, **arrays)
@@ -239,11 +240,11 @@ def precompute_candidates(bundle: ModelBundle, k: int = DEFAULT_K, *, users: Seq
     started = time.perf_counter()
     chunks = split_into_chunks(rows, chunk or chunk_size(bundle))
     with single_threaded_blas():
-        for number, chunk in enumerate(chunks):
+        for number, part in enumerate(chunks):
             if should_stop is not None and should_stop():
                 log.info("candidate computation stopped after %d of %d chunks", number, len(chunks))
                 return None
-            _store(lists, _score_rows(bundle, chunk, lists.k))
+            _store(lists, _score_rows(bundle, part, lists.k))
             if (number + 1) % 50 == 0:
                 log.info("candidates: %d of %d chunks (%.0fs)", number + 1, len(chunks), time.perf_counter() - started)
     log.info("candidates for %d users (k=%d) in %.1fs", len(rows), lists.k, time.perf_counter() - started)
@@ -336,7 +337,7 @@ def precompute_in_processes(bundle: ModelBundle, directory: Path, rows: np.ndarr
 class _Worker:
     """One ``python -m recsys.candidate_worker`` process and its files."""
 
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     out: Path
     errors: Path
 
@@ -412,7 +413,8 @@ def _rows_to_score(bundle: ModelBundle, users: Sequence[int] | np.ndarray | None
     """The asked users (default: all) that have a history, in index order."""
     has_history = np.diff(bundle.weights.indptr) > 0
     rows = np.flatnonzero(has_history) if users is None else np.unique(np.asarray(users, dtype=np.int64))
-    return rows[has_history[rows]]
+    asked: np.ndarray = rows[has_history[rows]]
+    return asked
 
 
 def most_active_users(bundle: ModelBundle, max_users: int) -> np.ndarray:
@@ -438,7 +440,7 @@ def _score_rows(bundle: ModelBundle, rows: np.ndarray, k: int) -> _Scored:
     if len(rows) == 0:  # (a worker's share can be empty)
         return _no_rows(k)
     history = bundle.weights[rows]
-    scores = np.array(bundle.model.score(rows, _confidence(bundle, history)), dtype=np.float32, copy=True)
+    scores = _writable(bundle.model.score(rows, _confidence(bundle, history)))
     scores[:, bundle.catalog.hidden] = -np.inf
     scores[np.repeat(np.arange(len(rows)), np.diff(history.indptr)), history.indices] = -np.inf
     best = top_k_rows(scores, k)
@@ -459,6 +461,15 @@ def _anchor_rows(bundle: ModelBundle, best: np.ndarray, lengths: np.ndarray, his
         anchors[position, :anchored] = anchor_codes(bundle.model, best[position, :anchored], history.indices[start:end])
         anchors[position, anchored:length] = NOT_ANCHORED
     return anchors
+
+
+def _writable(scores: np.ndarray) -> np.ndarray:
+    """``scores`` as float32 that may be overwritten: as they are when the model returned a fresh
+    array of its own (factor models, EASE, hybrids: no copy of chunk x catalog), else a copy (a
+    view may share memory with the model's state)."""
+    if scores.dtype == np.float32 and scores.base is None and scores.flags.writeable:
+        return scores
+    return np.array(scores, dtype=np.float32, copy=True)
 
 
 def _confidence(bundle: ModelBundle, history: sp.csr_matrix) -> sp.csr_matrix:
@@ -484,6 +495,8 @@ def _score_rows_through_index(bundle: ModelBundle, rows: np.ndarray, k: int) -> 
 
     if len(rows) == 0:  # (a worker's share can be empty)
         return _no_rows(k)
+    if bundle.ann is None:
+        raise ValueError("the bundle has no approximate index")
     settings = bundle.settings
     history = bundle.weights[rows]
     best, values = approximate_top_n(bundle.model, bundle.ann, rows, to_confidence(
@@ -511,6 +524,8 @@ def score_share(bundle: ModelBundle, rows: np.ndarray, k: int, chunk: int | None
 
 
 def _store(lists: Candidates, scored: _Scored) -> None:
+    if lists.slots is None:
+        raise ValueError("lists being filled always have slots (_empty_lists)")
     slots = lists.slots[scored.rows]
     lists.items[slots] = scored.items
     lists.scores[slots] = scored.scores

@@ -106,7 +106,8 @@ def _through_tie(keys: np.ndarray, last: np.ndarray, width: int) -> np.ndarray:
     above = keys > last[:, None]
     level = keys == last[:, None]
     room = width - above.sum(axis=1)
-    return above | (level & (np.cumsum(level, axis=1) <= room[:, None]))
+    taken: np.ndarray = above | (level & (np.cumsum(level, axis=1) <= room[:, None]))
+    return taken
 
 
 def mmr(candidates: np.ndarray, scores: np.ndarray, categories: np.ndarray, n: int,

@@ -155,7 +155,8 @@ class EASEModel(Recommender):
         """
         if self.precision_diag is None:
             return np.ascontiguousarray(self.weights[:, positions].T)
-        return self.weights[positions] * self.precision_diag[None, :]
+        vectors: np.ndarray = self.weights[positions] * self.precision_diag[None, :]
+        return vectors
 
     def _column_norms(self) -> np.ndarray:
         """The norm of every :meth:`_item_vectors` vector, computed once per model."""
