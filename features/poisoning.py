@@ -7,7 +7,14 @@ planner report's top item and its category the district's most "under-supplied".
 those rows breaks the contract, so quarantine cannot catch them; what gives them away is how
 they relate to the rest of the store. Ingest therefore judges every accepted interaction
 against the store and the users table with three rules (thresholds: :class:`PoisonSettings`),
-and writes the first one a row meets into its ``flag`` column (:data:`recsys.provenance.FLAG`):
+and writes the first one a row meets into its ``flag`` column (:data:`recsys.provenance.FLAG`).
+
+Only rows posted through the API are judged by default (``judge_files`` widens it to provider
+files). The write API is where anyone holding a key can manufacture rows; an operator's own
+feed is trusted, and real exports look like the patterns below for honest reasons: a venue's
+check-in file for one show is all about one item, and a historical ratings log has days on
+which hundreds of new members rated the same hit on their first day. Judging those would
+leave real behaviour out of training.
 
 1. :attr:`Flag.NEW_USER_BURST`: within one burst window (``burst_window_hours``, judged on
    two grids half a window apart, so no burst escapes by straddling a boundary) at least
@@ -46,7 +53,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from features.schemas import PROVENANCE, UTC_TIME
-from recsys.provenance import FLAG, SOURCE
+from recsys.provenance import FILE_PREFIX, FLAG, SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,8 @@ class PoisonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSYS_POISON_", extra="ignore")
 
     enabled: bool = Field(True, description="judge new rows at ingest (false: nothing is flagged)")
+    judge_files: bool = Field(False, description="judge rows of provider files too, not only rows posted "
+                                                 "through the API")
     burst_window_hours: float = Field(24.0, gt=0, description="length of a burst window")
     burst_min_new_users: int = Field(50, ge=1, description="new ids on one item in one window that make a burst")
     burst_min_new_share: float = Field(0.5, ge=0, le=1,
@@ -100,8 +109,10 @@ def flag_rows(batch: pl.DataFrame, history: pl.LazyFrame, users: pl.DataFrame | 
     plans.append(_dominated_rows(rows, every, settings))
     *bursts, dominated = (frame["__row"] for frame in pl.collect_all(plans))  # one pass shares the reads
     unknown = _unknown_rows(rows, users)
+    judged = pl.lit(True) if settings.judge_files else posted_through_api()
     flags = rows.select(
-        pl.when(pl.col("__row").is_in(pl.concat(bursts).implode())).then(pl.lit(Flag.NEW_USER_BURST.value))
+        pl.when(~judged).then(pl.lit(None, pl.String))
+        .when(pl.col("__row").is_in(pl.concat(bursts).implode())).then(pl.lit(Flag.NEW_USER_BURST.value))
         .when(pl.col("__row").is_in(dominated.implode())).then(pl.lit(Flag.SOURCE_DOMINANCE.value))
         .when(pl.col("__row").is_in(unknown.implode())).then(pl.lit(Flag.UNKNOWN_USER.value))
         .otherwise(pl.lit(None, pl.String)).alias(FLAG)
@@ -110,6 +121,12 @@ def flag_rows(batch: pl.DataFrame, history: pl.LazyFrame, users: pl.DataFrame | 
         log.warning("flagged %d of %d new interactions: %s", flags.len() - flags.null_count(), flags.len(),
                     dict(flags.drop_nulls().value_counts().iter_rows()))
     return flags
+
+
+def posted_through_api() -> pl.Expr:
+    """Rows an app posted (its name is the source), as opposed to a provider file's (``file:<name>``) or
+    rows from before sources were recorded."""
+    return pl.col(SOURCE).is_not_null() & ~pl.col(SOURCE).str.starts_with(FILE_PREFIX)
 
 
 def _unknown_rows(rows: pl.DataFrame, users: pl.DataFrame | None) -> pl.Series:

@@ -62,6 +62,17 @@ def flags_of(batch: pl.DataFrame, history: pl.DataFrame, users: pl.DataFrame | N
     return dict(flags.value_counts().iter_rows())
 
 
+# --------------------------------------------------------------------------- who is judged
+
+
+def test_rows_of_provider_files_are_not_judged_unless_asked() -> None:
+    """The same burst, from an operator's file: trusted by default (a historical log has such days)."""
+    batch = frame(on_film(new_ids(60), T0, source=FEED))
+    assert flags_of(batch, background(), users_table(ESTABLISHED)) == {None: 60}
+    assert flags_of(batch, background(), users_table(ESTABLISHED), PoisonSettings(judge_files=True)) == {
+        Flag.NEW_USER_BURST.value: 60}
+
+
 # --------------------------------------------------------------------------- rule 1: bursts of new ids
 
 
@@ -267,7 +278,7 @@ def test_ordinary_demo_data_without_registration_dates_is_almost_not_flagged() -
     (thousands of residents appearing) flag 173 of 453,894 rows (0.04%), and nothing else."""
     data = generate(DEMO)
     batch = data.interactions.with_columns(pl.lit("file:interactions.csv").alias(SOURCE))
-    flags = flag_rows(batch, batch.head(0).lazy(), data.users.drop("registered_at"))
+    flags = flag_rows(batch, batch.head(0).lazy(), data.users.drop("registered_at"), PoisonSettings(judge_files=True))
     share = (flags.len() - flags.null_count()) / flags.len()
     assert share < 0.001
     assert set(flags.drop_nulls().unique().to_list()) <= {Flag.NEW_USER_BURST.value}
