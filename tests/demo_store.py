@@ -8,9 +8,10 @@ under the store's commit rule (data file named after an ingest id, committed by 
 back through ``features.store`` exactly as training sees it.
 
 :func:`trained_demo` builds and trains one home per test session (generation ~1 s, ingest
-a few seconds, a hybrid train ~5-10 s); tests copy it with :func:`copy_home` before
-changing its registry. :func:`run_cli` runs ``recsys`` in-process with stdout (the JSON
-summary) and stderr (progress, errors) captured apart.
+a few seconds, a hybrid train ~5-10 s); tests ask for it as the ``trained_demo`` fixture
+(tests/conftest.py) and copy it (``trained_demo_copy``, :func:`copy_home`) before changing
+it. :func:`run_cli` runs ``recsys`` in-process with stdout (the JSON summary) and stderr
+(progress, errors) captured apart.
 """
 
 from __future__ import annotations
@@ -192,7 +193,8 @@ _TRAINED: dict[str, TrainedDemo] = {}
 
 
 def trained_demo(tmp_path_factory: pytest.TempPathFactory) -> TrainedDemo:
-    """The session's trained demo home, built on first use and shared by every test module."""
+    """The session's trained demo home, built on first use and shared by every test module
+    (what the ``trained_demo`` fixture of tests/conftest.py returns)."""
     if "demo" not in _TRAINED:
         root = tmp_path_factory.mktemp("trained-demo") / "home"
         demo = build_demo_home(root)

@@ -1,6 +1,7 @@
 """Shared pieces of the crash-safety and concurrency tests.
 
-A small synthetic home trained once per session (hybrid, version 1 = champion), ``recsys``
+A small synthetic home trained once per session (hybrid, version 1 = champion; the
+``trained_small_home`` fixture of tests/conftest.py), ``recsys``
 as a real subprocess (so it can be SIGKILLed), a large interactions file for ingests that
 take long enough to be interrupted, a cheap fingerprint of what a store reader sees, and a
 server over a bundle directory whose store catalog matches the bundle's.
@@ -8,7 +9,6 @@ server over a bundle directory whose store catalog matches the bundle's.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -24,7 +24,7 @@ from features.ingest import ingest
 from features.synthetic import DemoConfig
 from recsys.bundle import ModelBundle
 from recsys.home import EngineHome
-from tests.demo_store import MLFLOW_QUIET, build_demo_home, prepare_mlflow_env, train_cli
+from tests.demo_store import MLFLOW_QUIET, MLFLOW_URI_VARIABLES, build_demo_home, prepare_mlflow_env, train_cli
 from tests.serving_fixtures import ROOT
 
 SMALL_DEMO = DemoConfig(users=2000, items=300, days=30, seed=5, end_date=date(2026, 10, 31))
@@ -42,11 +42,6 @@ def trained_small_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _CACHE["home"]
 
 
-def copy_of(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
-    return target
-
-
 def recsys(*args: str, **popen) -> subprocess.Popen:
     """``recsys ARGS`` as a subprocess (stdout and stderr piped unless given)."""
     prepare_mlflow_env()
@@ -60,7 +55,7 @@ def _env() -> dict[str, str]:
     import os
 
     env = {**os.environ, **MLFLOW_QUIET, "PYTHONUNBUFFERED": "1"}
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+    for name in MLFLOW_URI_VARIABLES:
         env.pop(name, None)
     return env
 

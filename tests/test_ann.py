@@ -3,7 +3,7 @@ and the lists a bundle with an index serves."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,6 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.synthetic import DemoConfig
 from recsys import models
 from recsys.ann import (
     INDEX_FILE,
@@ -34,7 +33,8 @@ from recsys.models.base import TrainingData
 from recsys.ranking import top_k
 from recsys.settings import AnnSettings, EngineSettings
 from recsys.users import UserTable
-from tests.demo_store import build_demo_home, train_cli
+from tests.demo_store import copy_home, train_cli
+from tests.robustness_fixtures import SMALL_DEMO
 from training.batch import load_registered, recommend_batch
 
 N_ITEMS, DIM, CLUSTERS = 50_000, 32, 200
@@ -297,15 +297,15 @@ def test_indexed_engine_obeys_request_filters(taste: TrainingData, hybrid, tmp_p
         assert {taste.catalog.category_name(r.item) for r in listed} == {"戏曲"}
 
 
-def test_training_stores_an_index_above_the_threshold_and_batch_uses_it(tmp_path: Path,
+def test_training_stores_an_index_above_the_threshold_and_batch_uses_it(trained_small_home: Path, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    root = tmp_path / "home"
-    build_demo_home(root, DemoConfig(users=3000, items=600, days=30, seed=5, end_date=date(2026, 10, 31)))
+    root = copy_home(trained_small_home, tmp_path / "home")
     home = EngineHome.at(root)
-    monkeypatch.setenv("RECSYS_ANN", '{"min_items": 601}')  # the catalog is below the threshold: no index
+    items = SMALL_DEMO.items  # every item of the small demo is in its catalog
+    monkeypatch.setenv("RECSYS_ANN", f'{{"min_items": {items + 1}}}')  # the catalog is below the threshold: no index
     first = train_cli(root, "--model", "als", "--no-promote")
     assert load_registered(home, first["version"])[1].ann is None
-    monkeypatch.setenv("RECSYS_ANN", '{"min_items": 600}')
+    monkeypatch.setenv("RECSYS_ANN", f'{{"min_items": {items}}}')
     second = train_cli(root, "--model", "hybrid", "--no-promote")
     _, bundle = load_registered(home, second["version"])
     assert bundle.ann is not None and bundle.ann.n_indexed == int(bundle.model.cf.known_items.sum())

@@ -1,7 +1,8 @@
 """Acceptance of ``recsys recommend``: the file format and the delivery rules, checked
 against the store itself (not against the model's own view of it).
 
-Runs on the session's trained demo home (version 1 hybrid = champion, version 2 ALS).
+Runs on the session's trained demo home (the ``trained_demo`` fixture: version 1 hybrid =
+champion, version 2 ALS).
 """
 
 from __future__ import annotations
@@ -16,15 +17,15 @@ import pytest
 
 from recsys.contract import parse_timestamp
 from tests.demo_store import (
-    MLFLOW_URI_VARIABLES,
     TrainedDemo,
     cli_json,
     describe,
     run_cli,
     stored_interactions,
     stored_items,
-    trained_demo,
 )
+
+pytestmark = pytest.mark.usefixtures("own_mlflow_store")
 
 AT = "2026-11-01T09:00:00+08:00"
 """The morning after the demo data ends: many events have ended by then."""
@@ -32,14 +33,6 @@ N = 10
 KNOWN_USERS = 300
 UNKNOWN_USERS = ["nobody-1", "nobody-2", "新用户-3"]
 COLUMNS = ["user_id", "rank", "item_id", "score"]
-
-
-@pytest.fixture(autouse=True)
-def _own_mlflow_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    for name in MLFLOW_URI_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
 
 
 @dataclass(frozen=True)
@@ -57,15 +50,10 @@ class StoreFacts:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedDemo:
-    return trained_demo(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def facts(trained: TrainedDemo) -> StoreFacts:
+def facts(trained_demo: TrainedDemo) -> StoreFacts:
     at = parse_timestamp(AT)
-    interactions = stored_interactions(trained.home)
-    items = stored_items(trained.home)
+    interactions = stored_interactions(trained_demo.home)
+    items = stored_items(trained_demo.home)
     engaged = interactions.select("user_id", "item_id").unique()
     heavy = (engaged.group_by("user_id").len().sort(["len", "user_id"], descending=[True, False])
              .head(KNOWN_USERS)["user_id"].to_list())
@@ -104,21 +92,21 @@ def users_file(facts: StoreFacts, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="module")
-def champion_run(trained: TrainedDemo, users_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+def champion_run(trained_demo: TrainedDemo, users_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
     out = tmp_path_factory.mktemp("recs") / "recs.csv"
-    return recommend(trained.root, out, "--users", str(users_file))
+    return recommend(trained_demo.root, out, "--users", str(users_file))
 
 
 @pytest.fixture(scope="module")
-def all_run(trained: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -> Run:
+def all_run(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -> Run:
     out = tmp_path_factory.mktemp("recs-all") / "recs.parquet"
-    return recommend(trained.root, out, "--all")
+    return recommend(trained_demo.root, out, "--all")
 
 
 @pytest.fixture(scope="module")
-def version_run(trained: TrainedDemo, users_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+def version_run(trained_demo: TrainedDemo, users_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
     out = tmp_path_factory.mktemp("recs-v2") / "recs.parquet"
-    return recommend(trained.root, out, "--users", str(users_file), "--version", "2")
+    return recommend(trained_demo.root, out, "--users", str(users_file), "--version", "2")
 
 
 def assert_delivery_rules(frame: pl.DataFrame, facts: StoreFacts) -> None:
@@ -143,13 +131,13 @@ def assert_delivery_rules(frame: pl.DataFrame, facts: StoreFacts) -> None:
 # --------------------------------------------------------------------------- the rules bite
 
 
-def test_the_store_makes_every_rule_matter(facts: StoreFacts, trained: TrainedDemo) -> None:
+def test_the_store_makes_every_rule_matter(facts: StoreFacts, trained_demo: TrainedDemo) -> None:
     """Each rule must exclude something popular, or passing it would prove nothing."""
-    items = stored_items(trained.home).height
+    items = stored_items(trained_demo.home).height
     assert facts.ended.height >= 0.2 * items
     assert facts.hidden.height > 0
     heavy = facts.engaged.filter(pl.col("user_id").is_in(facts.heavy_users))
-    open_items = stored_items(trained.home).filter(
+    open_items = stored_items(trained_demo.home).filter(
         ~pl.col("hidden") & (pl.col("ends_at").is_null() | (pl.col("ends_at") >= parse_timestamp(AT)))
     ).select("item_id")
     assert heavy.join(open_items, on="item_id", how="semi").height >= KNOWN_USERS  # still bookable, yet engaged
@@ -190,8 +178,8 @@ def test_unknown_users_get_the_same_fallback_list(champion_run: Run) -> None:
 # --------------------------------------------------------------------------- --all
 
 
-def test_all_users_parquet(all_run: Run, trained: TrainedDemo, facts: StoreFacts) -> None:
-    users = trained.demo.data.users.height
+def test_all_users_parquet(all_run: Run, trained_demo: TrainedDemo, facts: StoreFacts) -> None:
+    users = trained_demo.demo.data.users.height
     assert all_run.summary["users"] == users
     assert all_run.frame.height == users * N
     assert all_run.frame.schema == {"user_id": pl.String, "rank": pl.Int32, "item_id": pl.String,
@@ -220,9 +208,9 @@ def test_version_option_uses_that_model(version_run: Run, champion_run: Run, fac
     assert same < version_run.frame.height  # ALS ranks differently from the hybrid champion
 
 
-def test_unknown_version_is_a_clear_error(trained: TrainedDemo, users_file: Path, tmp_path: Path) -> None:
+def test_unknown_version_is_a_clear_error(trained_demo: TrainedDemo, users_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "recs.csv"
-    result = run_cli("recommend", "--home", str(trained.root), "--users", str(users_file), "--out", str(out),
+    result = run_cli("recommend", "--home", str(trained_demo.root), "--users", str(users_file), "--out", str(out),
                      "--version", "99")
     assert result.exit_code == 2, describe(result)
     assert "no version 99" in result.stderr
@@ -232,39 +220,39 @@ def test_unknown_version_is_a_clear_error(trained: TrainedDemo, users_file: Path
 # --------------------------------------------------------------------------- input errors
 
 
-def test_users_file_without_user_id_exits_2(trained: TrainedDemo, tmp_path: Path) -> None:
+def test_users_file_without_user_id_exits_2(trained_demo: TrainedDemo, tmp_path: Path) -> None:
     users = tmp_path / "users.csv"
     pl.DataFrame({"uid": ["u1", "u2"]}).write_csv(users)
     out = tmp_path / "recs.csv"
-    result = run_cli("recommend", "--home", str(trained.root), "--users", str(users), "--out", str(out))
+    result = run_cli("recommend", "--home", str(trained_demo.root), "--users", str(users), "--out", str(out))
     assert result.exit_code == 2, describe(result)
     assert "missing required column 'user_id'" in " ".join(result.stderr.split())
     assert not out.exists()
 
 
-def test_missing_users_file_exits_2(trained: TrainedDemo, tmp_path: Path) -> None:
-    result = run_cli("recommend", "--home", str(trained.root), "--users", str(tmp_path / "none.csv"),
+def test_missing_users_file_exits_2(trained_demo: TrainedDemo, tmp_path: Path) -> None:
+    result = run_cli("recommend", "--home", str(trained_demo.root), "--users", str(tmp_path / "none.csv"),
                      "--out", str(tmp_path / "recs.csv"))
     assert result.exit_code == 2, describe(result)
     assert "no such file" in result.stderr
 
 
-def test_neither_users_nor_all_exits_2(trained: TrainedDemo, tmp_path: Path) -> None:
-    result = run_cli("recommend", "--home", str(trained.root), "--out", str(tmp_path / "recs.csv"))
+def test_neither_users_nor_all_exits_2(trained_demo: TrainedDemo, tmp_path: Path) -> None:
+    result = run_cli("recommend", "--home", str(trained_demo.root), "--out", str(tmp_path / "recs.csv"))
     assert result.exit_code == 2, describe(result)
     assert "--users FILE or --all" in result.stderr
 
 
-def test_unreadable_time_exits_2(trained: TrainedDemo, tmp_path: Path) -> None:
-    result = run_cli("recommend", "--home", str(trained.root), "--all", "--at", "next tuesday",
+def test_unreadable_time_exits_2(trained_demo: TrainedDemo, tmp_path: Path) -> None:
+    result = run_cli("recommend", "--home", str(trained_demo.root), "--all", "--at", "next tuesday",
                      "--out", str(tmp_path / "recs.csv"))
     assert result.exit_code == 2, describe(result)
     assert "cannot read" in result.stderr
 
 
-def test_unsupported_output_suffix_exits_2(trained: TrainedDemo, users_file: Path, tmp_path: Path) -> None:
+def test_unsupported_output_suffix_exits_2(trained_demo: TrainedDemo, users_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "recs.json"
-    result = run_cli("recommend", "--home", str(trained.root), "--users", str(users_file), "--out", str(out))
+    result = run_cli("recommend", "--home", str(trained_demo.root), "--users", str(users_file), "--out", str(out))
     assert result.exit_code == 2, describe(result)
     assert ".csv or .parquet" in result.stderr
     assert not out.exists()

@@ -23,13 +23,12 @@ import pytest
 from features import store
 from features.lock import lock_holder, writer_lock
 from recsys.home import EngineHome
+from tests.demo_store import copy_home
 from tests.robustness_fixtures import (
     big_interactions,
-    copy_of,
     fingerprint,
     recsys,
     run_recsys,
-    trained_small_home,
     wait_for,
 )
 from tests.serving_fixtures import KEY_HEADERS, Server
@@ -37,11 +36,6 @@ from tests.serving_fixtures import KEY_HEADERS, Server
 pytestmark = pytest.mark.slow
 
 ADMIN_KEY = "concurrency-admin-key"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return trained_small_home(tmp_path_factory)
 
 
 def flat(text: str) -> str:
@@ -57,8 +51,8 @@ def start_long_ingest(home: EngineHome, big: Path):
     return process
 
 
-def test_a_second_ingest_exits_2_naming_the_holder_or_waits_with_wait(trained: Path, tmp_path: Path) -> None:
-    home = EngineHome.at(copy_of(trained / "store", tmp_path / "home" / "store").parent)
+def test_a_second_ingest_exits_2_naming_the_holder_or_waits_with_wait(trained_small_home: Path, tmp_path: Path) -> None:
+    home = EngineHome.at(copy_home(trained_small_home / "store", tmp_path / "home" / "store").parent)
     big = big_interactions(tmp_path / "big.csv", home, rows=1_500_000)
     items = tmp_path / "items.csv"
     items.write_text("item_id,title,kind\nlate-item,Late show,event\n", encoding="utf-8")
@@ -85,8 +79,8 @@ def test_a_second_ingest_exits_2_naming_the_holder_or_waits_with_wait(trained: P
     assert after["users"] == before["users"] + 1 and after["items"] == before["items"]
 
 
-def test_train_waits_for_an_ingest_holding_the_store_then_runs(trained: Path, tmp_path: Path) -> None:
-    home = EngineHome.at(copy_of(trained, tmp_path / "home"))
+def test_train_waits_for_an_ingest_holding_the_store_then_runs(trained_small_home: Path, tmp_path: Path) -> None:
+    home = EngineHome.at(copy_home(trained_small_home, tmp_path / "home"))
     item = store.scan_items(home).collect()["item_id"][0]
     home.incoming.mkdir(parents=True, exist_ok=True)  # an API line waiting: train must ingest first
     (home.incoming / "pending.jsonl").write_text(json.dumps(
@@ -119,8 +113,8 @@ def count_rows(home: EngineHome, sql: str) -> int:
         return int(connection.execute(sql).fetchone()[0])
 
 
-def test_the_api_answers_every_request_while_a_train_runs(trained: Path, tmp_path: Path) -> None:
-    root = copy_of(trained, tmp_path / "home")
+def test_the_api_answers_every_request_while_a_train_runs(trained_small_home: Path, tmp_path: Path) -> None:
+    root = copy_home(trained_small_home, tmp_path / "home")
     home = EngineHome.at(root)
     users = store.scan_users(home).select("user_id").head(200).collect()["user_id"].to_list()
     items = store.scan_items(home).select("item_id").head(200).collect()["item_id"].to_list()

@@ -40,15 +40,13 @@ from recsys.bundle import ModelBundle
 from recsys.contract import Reason
 from recsys.home import EngineHome
 from serving.app import create_app
-from tests.demo_store import cli_json, run_cli, train_cli
+from tests.demo_store import cli_json, copy_home, run_cli, train_cli
 from tests.robustness_fixtures import (
     big_interactions,
-    copy_of,
     fingerprint,
     recsys,
     run_recsys,
     store_for_bundle,
-    trained_small_home,
     wait_for,
 )
 from tests.serving_fixtures import KEY_HEADERS, Server, keyed_settings, rules_data, write_bundle
@@ -59,11 +57,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_bundle(rules_data(seed=0), tmp_path_factory.mktemp("crash-model") / "bundle")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return trained_small_home(tmp_path_factory)
 
 
 # ---- (a) the server ---------------------------------------------------------------------
@@ -143,10 +136,10 @@ def _kill_train_when(root: Path, ready: Callable[[], bool], timeout: float = 120
     return process.returncode
 
 
-def test_sigkill_during_training_leaves_no_half_made_version(trained: Path, tmp_path: Path) -> None:
+def test_sigkill_during_training_leaves_no_half_made_version(trained_small_home: Path, tmp_path: Path) -> None:
     from training import registry
 
-    root = copy_of(trained, tmp_path / "home")
+    root = copy_home(trained_small_home, tmp_path / "home")
     db = EngineHome.at(root).mlflow_db
     runs = _count(db, "select count(*) from runs")
     versions = _count(db, "select count(*) from model_versions")
@@ -171,11 +164,11 @@ def test_sigkill_during_training_leaves_no_half_made_version(trained: Path, tmp_
 
 
 # ---- (c) ingest -------------------------------------------------------------------------
-def test_sigkill_during_ingest_reads_before_or_after_and_the_rerun_reconciles(trained: Path,
+def test_sigkill_during_ingest_reads_before_or_after_and_the_rerun_reconciles(trained_small_home: Path,
                                                                               tmp_path: Path) -> None:
-    home = EngineHome.at(copy_of(trained / "store", tmp_path / "home" / "store").parent)
+    home = EngineHome.at(copy_home(trained_small_home / "store", tmp_path / "home" / "store").parent)
     big = big_interactions(tmp_path / "big.csv", home, rows=600_000)
-    reference = EngineHome.at(copy_of(home.root, tmp_path / "reference"))
+    reference = EngineHome.at(copy_home(home.root, tmp_path / "reference"))
     assert ingest(reference, interactions=big).committed
     before, after = fingerprint(home), fingerprint(reference)
     assert after["interactions"] == before["interactions"] + 600_000
@@ -220,9 +213,9 @@ def registry_client(root: Path) -> TestClient:
 
 
 @pytest.fixture(scope="module")
-def cached_home(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cached_home(trained_small_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A home whose server already saved the champion as its last-known-good copy."""
-    root = copy_of(trained, tmp_path_factory.mktemp("outage") / "home")
+    root = copy_home(trained_small_home, tmp_path_factory.mktemp("outage") / "home")
     with registry_client(root) as client:
         assert client.get("/readyz").json() == {"status": "ready", "version": "1", "reason": None}
     return root
@@ -240,7 +233,7 @@ def _break_with_directory(db: Path) -> None:
 @pytest.mark.parametrize("breakage", [_break_with_garbage, _break_with_directory, "bogus-uri"])
 def test_registry_outage_at_startup_serves_the_last_known_good_copy(
         cached_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, breakage) -> None:
-    root = copy_of(cached_home, tmp_path / "home")
+    root = copy_home(cached_home, tmp_path / "home")
     if breakage == "bogus-uri":
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://nowhere/at/all")
     else:
@@ -264,7 +257,7 @@ def test_registry_outage_at_startup_serves_the_last_known_good_copy(
 def test_reload_of_a_corrupt_registered_version_is_refused(cached_home: Path, tmp_path: Path) -> None:
     from training import registry
 
-    root = copy_of(cached_home, tmp_path / "home")
+    root = copy_home(cached_home, tmp_path / "home")
     home = EngineHome.at(root)
     client = registry.connect(home)
     good = registry.download_bundle(client, "1", tmp_path / "good")

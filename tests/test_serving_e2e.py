@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from hypothesis import strategies as st
 
 from recsys.bundle import ModelBundle
 from recsys.home import EngineHome
+from tests.demo_store import prepare_mlflow_env
 from tests.serving_fixtures import KEY_HEADERS, Server, demo_data, free_port, iso, register_version, write_bundle
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,7 @@ END = dt.datetime(2026, 10, 31, 23, 0, tzinfo=dt.UTC).timestamp()
 @pytest.fixture(scope="module")
 def registry_home(tmp_path_factory) -> dict:
     """An engine home whose registry holds versions 1 (champion) and 2 of a demo model."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    prepare_mlflow_env()
     root = tmp_path_factory.mktemp("e2e")
     data = demo_data(users=3000, items=400, days=30, seed=3)
     first = write_bundle(data, root / "bundle-1", trained_at="2026-11-01T02:00:00+00:00")
@@ -65,7 +65,7 @@ def server_env(home: Path, **extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server(registry_home) -> Iterator[Server]:
     promote(registry_home["home"], registry_home["versions"][0])
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    prepare_mlflow_env()
     running = Server(server_env(registry_home["home"]), registry_home["root"] / "server.log").start()
     yield running
     running.stop()

@@ -46,7 +46,6 @@ from recsys.models.als import ALSModel  # noqa: E402
 from recsys.models.hybrid import HybridModel  # noqa: E402
 from recsys.settings import EngineSettings  # noqa: E402
 from tests.demo_store import (  # noqa: E402
-    MLFLOW_URI_VARIABLES,
     DemoHome,
     build_demo_home,
     cli_json,
@@ -69,7 +68,8 @@ from training.spark_train import (  # noqa: E402
 )
 from training.train import _champion_ndcg  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+              pytest.mark.usefixtures("own_mlflow_store")]
 
 SPARK_DEMO = DemoConfig(users=8000, items=1000, days=45, seed=3, end_date=date(2026, 10, 31))
 TEST_CONF = {
@@ -99,14 +99,6 @@ AT = "2026-10-31T12:00:00+08:00"
 def spark() -> Iterator[SparkSession]:
     with spark_session(SparkOptions(master="local[2]", conf=TEST_CONF)) as session:
         yield session
-
-
-@pytest.fixture(autouse=True)
-def _own_mlflow_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    for name in MLFLOW_URI_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@
   ``promote``, ``rollback`` and ``models`` move and show the champion;
 - a failed run never moves the champion and leaves its MLflow run FAILED.
 
-The demo home is built and trained once per session (:func:`tests.demo_store.trained_demo`);
+The demo home is built and trained once per session (``trained_demo`` in tests/conftest.py);
 every test that changes the registry works on a copy.
 """
 
@@ -24,7 +24,6 @@ import recsys.models
 from features.dataset import load_dataset
 from recsys.home import EXPERIMENT, REGISTERED_MODEL, EngineHome
 from tests.demo_store import (
-    MLFLOW_URI_VARIABLES,
     TrainedDemo,
     cli_json,
     copy_home,
@@ -32,26 +31,14 @@ from tests.demo_store import (
     prepare_mlflow_env,
     run_cli,
     train_cli,
-    trained_demo,
 )
 from training import registry
 from training.config import load_config
 from training.train import TrainOptions, train
 
+pytestmark = pytest.mark.usefixtures("own_mlflow_store")
+
 LIFT_REQUIRED = 1.3
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedDemo:
-    return trained_demo(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def _own_mlflow_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    for name in MLFLOW_URI_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
 
 
 def champion_of(home: EngineHome) -> str | None:
@@ -73,8 +60,8 @@ def runs_of(home: EngineHome) -> list[Any]:
 # --------------------------------------------------------------------------- 1. quality
 
 
-def test_hybrid_beats_popularity_by_a_clear_margin(trained: TrainedDemo) -> None:
-    hybrid = trained.hybrid
+def test_hybrid_beats_popularity_by_a_clear_margin(trained_demo: TrainedDemo) -> None:
+    hybrid = trained_demo.hybrid
     ndcg, baseline = hybrid["key_metrics"]["ndcg@10"], hybrid["baseline_ndcg@10"]
     assert baseline > 0
     assert ndcg >= LIFT_REQUIRED * baseline, f"hybrid NDCG@10 {ndcg:.4f} vs popularity {baseline:.4f}"
@@ -82,46 +69,46 @@ def test_hybrid_beats_popularity_by_a_clear_margin(trained: TrainedDemo) -> None
     assert hybrid["key_metrics"]["recall@20"] > 0
 
 
-def test_both_models_were_scored_on_the_same_split(trained: TrainedDemo) -> None:
+def test_both_models_were_scored_on_the_same_split(trained_demo: TrainedDemo) -> None:
     # the popularity baseline is refitted per run: same value = same train/test window
-    assert trained.als["baseline_ndcg@10"] == pytest.approx(trained.hybrid["baseline_ndcg@10"], rel=1e-12)
+    assert trained_demo.als["baseline_ndcg@10"] == pytest.approx(trained_demo.hybrid["baseline_ndcg@10"], rel=1e-12)
 
 
-def test_the_test_window_has_positives_on_cold_items(trained: TrainedDemo) -> None:
+def test_the_test_window_has_positives_on_cold_items(trained_demo: TrainedDemo) -> None:
     """Without cold positives ALS's zero below would prove nothing."""
     config = load_config(model="hybrid")
-    split = load_dataset(trained.home, config.engine, test_days=7, seed=0).split
+    split = load_dataset(trained_demo.home, config.engine, test_days=7, seed=0).split
     assert split.cold_items.any()
     assert split.truth[:, np.flatnonzero(split.cold_items)].nnz > 0
 
 
-def test_only_the_hybrid_reaches_cold_items(trained: TrainedDemo) -> None:
-    assert trained.hybrid["key_metrics"]["cold_recall@20"] > 0
-    assert trained.als["key_metrics"]["cold_recall@20"] == 0.0
+def test_only_the_hybrid_reaches_cold_items(trained_demo: TrainedDemo) -> None:
+    assert trained_demo.hybrid["key_metrics"]["cold_recall@20"] > 0
+    assert trained_demo.als["key_metrics"]["cold_recall@20"] == 0.0
 
 
-def test_first_model_becomes_champion(trained: TrainedDemo) -> None:
-    hybrid = trained.hybrid
+def test_first_model_becomes_champion(trained_demo: TrainedDemo) -> None:
+    hybrid = trained_demo.hybrid
     assert (hybrid["version"], hybrid["promoted"], hybrid["champion"]) == ("1", True, "1")
     assert hybrid["gate"]["promote"] is True
     assert "no champion yet" in hybrid["gate"]["reasons"]
 
 
-def test_no_promote_registers_a_candidate_only(trained: TrainedDemo) -> None:
-    als = trained.als
+def test_no_promote_registers_a_candidate_only(trained_demo: TrainedDemo) -> None:
+    als = trained_demo.als
     assert (als["version"], als["promoted"], als["champion"]) == ("2", False, "1")
     assert "--no-promote given" in als["gate"]["reasons"]
-    assert versions_of(trained.home) == {"1": ["champion"], "2": ["candidate"]}
+    assert versions_of(trained_demo.home) == {"1": ["champion"], "2": ["candidate"]}
 
 
-def test_run_is_tracked_in_mlflow(trained: TrainedDemo) -> None:
-    hybrid = trained.hybrid
-    run = registry.connect(trained.home).get_run(hybrid["run_id"])
+def test_run_is_tracked_in_mlflow(trained_demo: TrainedDemo) -> None:
+    hybrid = trained_demo.hybrid
+    run = registry.connect(trained_demo.home).get_run(hybrid["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["promoted"] == "true"
     assert run.data.metrics["ndcg_at_10"] == pytest.approx(hybrid["key_metrics"]["ndcg@10"], rel=1e-9)
     assert run.data.params["model"] == "hybrid"
-    version = registry.connect(trained.home).get_model_version(REGISTERED_MODEL, "1")
+    version = registry.connect(trained_demo.home).get_model_version(REGISTERED_MODEL, "1")
     assert version.run_id == hybrid["run_id"]
     assert version.tags["config_hash"] == load_config(model="hybrid").config_hash()
     assert float(version.tags["ndcg_at_10"]) == pytest.approx(hybrid["key_metrics"]["ndcg@10"], abs=1e-6)
@@ -147,9 +134,9 @@ class GateStory:
 
 
 @pytest.fixture(scope="module")
-def story(trained: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -> GateStory:
+def story(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -> GateStory:
     prepare_mlflow_env()
-    root = copy_home(trained.root, tmp_path_factory.mktemp("gate") / "home")
+    root = copy_home(trained_demo.root, tmp_path_factory.mktemp("gate") / "home")
     home = EngineHome.at(root)
     retrain = train_cli(root, "--model", "hybrid")
     after_retrain = champion_of(home)
@@ -164,16 +151,16 @@ def story(trained: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -> Gat
                      after_promote, models)
 
 
-def test_same_recipe_and_seed_gives_the_same_score_and_is_promoted(trained: TrainedDemo, story: GateStory) -> None:
+def test_same_recipe_and_seed_gives_the_same_score_and_is_promoted(trained_demo: TrainedDemo, story: GateStory) -> None:
     retrain = story.retrain
     assert retrain["version"] == "3"
-    assert retrain["key_metrics"]["ndcg@10"] == pytest.approx(trained.hybrid["key_metrics"]["ndcg@10"], rel=1e-6)
+    assert retrain["key_metrics"]["ndcg@10"] == pytest.approx(trained_demo.hybrid["key_metrics"]["ndcg@10"], rel=1e-6)
     assert retrain["promoted"] is True
     assert retrain["champion"] == "3"
     assert story.champion_after_retrain == "3"
 
 
-def test_a_worse_model_is_refused_and_champion_stays(trained: TrainedDemo, story: GateStory) -> None:
+def test_a_worse_model_is_refused_and_champion_stays(trained_demo: TrainedDemo, story: GateStory) -> None:
     worse = story.worse
     assert worse["version"] == "4"
     assert worse["promoted"] is False
@@ -182,16 +169,16 @@ def test_a_worse_model_is_refused_and_champion_stays(trained: TrainedDemo, story
     assert worse["champion"] == "3"
     assert story.champion_after_worse == "3"
     # the candidate is the popularity model itself, scored on the same split as the hybrid's baseline
-    assert worse["key_metrics"]["ndcg@10"] == pytest.approx(trained.hybrid["baseline_ndcg@10"], rel=1e-6)
+    assert worse["key_metrics"]["ndcg@10"] == pytest.approx(trained_demo.hybrid["baseline_ndcg@10"], rel=1e-6)
 
 
-def test_the_champion_is_refitted_on_the_new_window_for_the_comparison(trained: TrainedDemo,
+def test_the_champion_is_refitted_on_the_new_window_for_the_comparison(trained_demo: TrainedDemo,
                                                                        story: GateStory) -> None:
     run = registry.connect(story.home).get_run(story.worse["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["promoted"] == "false"
     champion_ndcg = run.data.metrics["champion_ndcg_at_10_same_window"]
-    assert champion_ndcg == pytest.approx(trained.hybrid["key_metrics"]["ndcg@10"], rel=1e-6)
+    assert champion_ndcg == pytest.approx(trained_demo.hybrid["key_metrics"]["ndcg@10"], rel=1e-6)
 
 
 def test_rollback_restores_the_previous_champion(story: GateStory) -> None:
@@ -221,8 +208,8 @@ def test_promote_of_a_missing_version_is_a_clear_error(story: GateStory) -> None
     assert champion_of(story.home) == "4"
 
 
-def test_rollback_walks_back_then_stops(trained: TrainedDemo, tmp_path: Path) -> None:
-    root = copy_home(trained.root, tmp_path / "home")
+def test_rollback_walks_back_then_stops(trained_demo_copy: Path) -> None:
+    root = trained_demo_copy
     home = EngineHome.at(root)
     cli_json(run_cli("promote", "--home", str(root), "--version", "2", "--json"))
     assert champion_of(home) == "2"
@@ -238,8 +225,8 @@ def test_rollback_walks_back_then_stops(trained: TrainedDemo, tmp_path: Path) ->
 
 
 @pytest.fixture()
-def copied(trained: TrainedDemo, tmp_path: Path) -> EngineHome:
-    home = EngineHome.at(copy_home(trained.root, tmp_path / "home"))
+def copied(trained_demo_copy: Path) -> EngineHome:
+    home = EngineHome.at(trained_demo_copy)
     assert champion_of(home) == "1"
     return home
 

@@ -40,6 +40,7 @@ from serving.live import LiveInteractions
 from serving.segments import SegmentWriter
 from serving.state import ServedModel
 from serving.tail import PeerInteractions, ReloadRequests, SegmentTail, parse_line, source_key
+from tests.demo_store import prepare_mlflow_env
 from tests.serving_fixtures import (
     KEY_HEADERS,
     ROOT,
@@ -264,8 +265,7 @@ POSTED_TS = "2026-11-20T19:30:00+08:00"
 
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory) -> dict:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    prepare_mlflow_env()
     root = tmp_path_factory.mktemp("workers")
     data = demo_data(users=800, items=150, days=30, seed=4)
     first = write_bundle(data, root / "bundle-1", trained_at="2026-11-01T02:00:00+00:00")
