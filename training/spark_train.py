@@ -139,8 +139,8 @@ def train_spark(home: EngineHome, options: TrainOptions, spark: SparkOptions | N
     cfg = options.config
     check_supported(cfg)
     clock = Stopwatch(progress)
-    clock.timed("check the registry", lambda: registry.begin_training(home))  # refuses a swapped registry
     clock.timed("ingest pending API interactions", lambda: ingest_incoming(home))
+    clock.timed("check the registry", lambda: registry.begin_training(home))  # refuses a swapped registry
     with ExitStack() as stack:
         session = clock.timed("start spark", lambda: stack.enter_context(spark_session(spark or SparkOptions())))
         features = clock.timed("build features", lambda: spark_features.load_dataset(

@@ -119,8 +119,8 @@ class Stopwatch:
 def train(home: EngineHome, options: TrainOptions, progress: Progress | None = None) -> TrainResult:
     clock = Stopwatch(progress)
     cfg = options.config
-    clock.timed("check the registry", lambda: registry.begin_training(home))  # refuses a swapped registry
     clock.timed("ingest pending API interactions", lambda: ingest_incoming(home))
+    clock.timed("check the registry", lambda: registry.begin_training(home))  # refuses a swapped registry
     frames = clock.timed("read the store", lambda: StoreFrames.read(home).collected())
     first: Dataset = clock.timed("build features", lambda: build_dataset(
         frames, cfg.engine, test_days=options.test_days, seed=options.seed, validation=options.tune,
