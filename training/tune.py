@@ -54,8 +54,9 @@ later trial unless the later one is better by more than this many standard error
 difference: a search of many trials otherwise picks validation noise (the winner's curse), and a stable
 recipe keeps the weekly lists steady."""
 
-PRIORITY = {"previous": 0, "configured": 1, "shipped": 2, "search": 3}
-"""Which trials are preferred within noise, by the first word of their origin."""
+PRIORITY = {"previous": 0, "configured": 1, "shipped": 1, "search": 2}
+"""Which trials are preferred within noise, by the first word of their origin: last week's winner (stable
+lists), then the known recipes by their score, then the sampler's."""
 
 BUDGET_BASE_SECONDS = 60.0
 BUDGET_SECONDS_PER_EVENT = 4e-4
@@ -191,7 +192,7 @@ def tune(cache: DatasetCache, configured: TrainConfig, options: TuneOptions,
     runner.run(study, _half_life_probe(shipped, space), options.trials)
     half_life = runner.best_half_life(configured.engine.half_life_days)
     runner.run(study, [(origin, _with_half_life(r, half_life)) for origin, r in shipped], options.trials)
-    runner.run(study, [], options.trials)
+    runner.run(study, None, options.trials)
     return runner.result(configured, budget, first.note)
 
 
@@ -273,18 +274,18 @@ class _Runner:
         self.tried: set[str] = set()
         self.per_user: dict[int, np.ndarray] = {}
 
-    def run(self, study: optuna.Study, recipes: list[tuple[str, TrainConfig]], max_trials: int | None) -> None:
-        """Try ``recipes`` in order (each once; none: let the sampler propose), within the budget and
-        the trial count left."""
-        fresh = [(origin, r) for origin, r in recipes if r.config_hash() not in self.tried]
+    def run(self, study: optuna.Study, recipes: list[tuple[str, TrainConfig]] | None, max_trials: int | None) -> None:
+        """Try ``recipes`` in order, each once (``None``: let the sampler propose until the budget or the
+        trial count is spent)."""
+        fresh = [(origin, r) for origin, r in recipes or [] if r.config_hash() not in self.tried]
         for origin, recipe in fresh:
             self.tried.add(recipe.config_hash())
             attrs = {"origin": origin, "recipe": recipe.to_dict()}
             study.enqueue_trial(params_of(recipe, self.space), user_attrs=attrs)
         trials_left = None if max_trials is None else max_trials - len(self.records)
-        if (recipes and not fresh) or (trials_left is not None and trials_left <= 0) or self._left() <= 0:
+        if (recipes is not None and not fresh) or (trials_left is not None and trials_left <= 0) or self._left() <= 0:
             return
-        count = len(fresh) if recipes else trials_left
+        count = len(fresh) if recipes is not None else trials_left
         if count is not None and trials_left is not None:
             count = min(count, trials_left)
         with warnings.catch_warnings():
@@ -371,7 +372,7 @@ class _Runner:
 def kept_within_noise(done: list[TrialRecord], top: TrialRecord, per_user: dict[int, np.ndarray]) -> TrialRecord:
     """The preferred trial (by :data:`PRIORITY`, then score) that ``top`` does not beat beyond noise:
     a paired comparison over the same validation users (``per_user[trial number]``)."""
-    for record in sorted(done, key=lambda r: (PRIORITY.get(r.origin.split(":")[0], 3), -r.ndcg10, r.number)):
+    for record in sorted(done, key=lambda r: (PRIORITY.get(r.origin.split(":")[0], 2), -r.ndcg10, r.number)):
         if record is top:
             return top
         difference = per_user[top.number] - per_user[record.number]
