@@ -35,21 +35,16 @@ from recsys.delivery import DeliveryEngine, Filters
 from recsys.home import EngineHome
 from recsys.settings import EngineSettings
 from serving.auth import API_KEY_HEADER, hash_key
-from tests.demo_store import TrainedDemo, cli_json, copy_home, run_cli, train_cli, trained_demo
+from tests.demo_store import TrainedDemo, cli_json, copy_home, run_cli, train_cli
 from tests.serving_fixtures import Server
 from training.batch import load_registered
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("own_mlflow_store")]
 
 APP = "promo-app"
 KEY = "promo-app-key-0123456789"
 REAL_ACTIONS = ("view", "click", "favorite", "reserve")
 N_REAL, N_FAKE = 200, 500
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedDemo:
-    return trained_demo(tmp_path_factory)
 
 
 @dataclass(frozen=True)
@@ -133,9 +128,9 @@ def served_ids(response: httpx.Response) -> list[str]:
     return [item["item_id"] for item in response.json()["items"]]
 
 
-def test_a_poisoning_post_is_flagged_and_changes_nothing(trained: TrainedDemo, tmp_path: Path,
+def test_a_poisoning_post_is_flagged_and_changes_nothing(trained_demo: TrainedDemo, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    root = copy_home(trained.root, tmp_path / "home")
+    root = copy_home(trained_demo.root, tmp_path / "home")
     home = EngineHome.at(root)
     target = choose_target(home, datetime.now(UTC))
     district, film, at = target.district, target.film, {"n": 10, "at": target.lists_at.isoformat()}
@@ -151,7 +146,7 @@ def test_a_poisoning_post_is_flagged_and_changes_nothing(trained: TrainedDemo, t
         posted = httpx.post(server.base + "/v1/interactions", json=attack_rows(target),
                             headers=headers, timeout=120)
         assert posted.status_code == 202 and posted.json() == {"accepted": 1300, "rejected": []}
-        control_root = copy_home(trained.root, tmp_path / "control")
+        control_root = copy_home(trained_demo.root, tmp_path / "control")
         shutil.copytree(home.incoming, EngineHome.at(control_root).incoming)  # the very same lines
 
         trained_now = train_cli(root)

@@ -25,6 +25,7 @@ from tests.serving_fixtures import ROOT, register_version, rules_data, write_bun
 from training import abandoned_runs, registry
 from training.registry_identity import HOME_STORE, RegistryReplaced
 
+pytestmark = pytest.mark.usefixtures("own_mlflow_store")
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     process = recsys(*args, text=True)
