@@ -207,13 +207,15 @@ def test_numeric_edge_cases_in_posted_interactions_are_rejected_not_500(client: 
         '{"user_id":"u1","item_id":"%s","action":"view","ts":1e300}',
         '{"user_id":"u1","item_id":"%s","action":"view","ts":-Infinity}',
         '{"user_id":"u1","item_id":"%s","action":"rate","ts":1795136000,"value":1e308}',
-    ]) + "]") % tuple(items[:5])
+        '{"user_id":"u1","item_id":"%s","action":"rate","ts":1795136000,"value":10}',
+    ]) + "]") % tuple(items[:6])
     answer = client.post("/v1/interactions", content=raw, headers={"content-type": "application/json"})
     assert answer.status_code == 202
     assert [(r["index"], r["reason"]) for r in answer.json()["rejected"]] == [
-        (0, "unparseable_value"), (1, "unparseable_value"), (2, "unparseable_time"), (3, "unparseable_time")]
-    assert answer.json()["accepted"] == 1
-    recommended = client.get("/v1/users/u1/recommendations")  # a huge weight folded in stays finite
+        (0, "unparseable_value"), (1, "unparseable_value"), (2, "unparseable_time"), (3, "unparseable_time"),
+        (4, "rating_out_of_range")]
+    assert answer.json()["accepted"] == 1  # the top of the rating scale
+    recommended = client.get("/v1/users/u1/recommendations")  # the folded-in weight stays finite
     assert recommended.status_code == 200 and all(isinstance(i["score"], float) for i in recommended.json()["items"])
 
 

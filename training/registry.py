@@ -30,7 +30,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from recsys.bundle import ModelBundle
+from recsys.bundle import BundleError, ModelBundle, find_bundle_dir
 from recsys.home import CHAMPION, EXPERIMENT, REGISTERED_MODEL, EngineHome
 from training import abandoned_runs, registry_identity
 
@@ -250,7 +250,7 @@ def download_bundle(client: MlflowClient, version: str, destination: Path | None
         raise ValueError(f"no version {version} of {REGISTERED_MODEL}") from exc
     target = destination or Path(tempfile.mkdtemp(prefix="recsys-bundle-"))
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{REGISTERED_MODEL}/{version}", dst_path=str(target)))
-    manifests = sorted(local.rglob("manifest.json"))
-    if not manifests:
-        raise VersionUnusable(f"version {version} has no model bundle in its artifacts")
-    return manifests[0].parent
+    try:
+        return find_bundle_dir(local)  # the rule the server uses too
+    except BundleError as exc:
+        raise VersionUnusable(f"version {version} has no model bundle in its artifacts") from exc
