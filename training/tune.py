@@ -21,6 +21,7 @@ scoring uses at most :data:`MAX_VALIDATION_USERS` validation users (a seeded sam
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -143,7 +144,8 @@ class TuningResult:
 
 
 class DatasetCache:
-    """Datasets of one store under several engine settings, built once per decay half-life.
+    """Datasets of one store under several engine settings, built once per weighting (decay half-life,
+    action weights).
 
     Every build uses the same protocol (decided by the first) and seed, so the holdout draws
     and time windows, and so every trial's validation truth, are identical.
@@ -153,20 +155,26 @@ class DatasetCache:
                  settings: EngineSettings) -> None:
         self.frames, self.test_days, self.seed = frames, test_days, seed
         self.protocol: ProtocolChoice = "time" if first.protocol == "time" else "holdout"
-        self._by_half_life = {settings.half_life_days: first}
+        self._by_weighting = {_weighting(settings): first}
 
     def get(self, settings: EngineSettings) -> Dataset:
         """The dataset with ``settings`` applied (full, split and validation)."""
-        key = settings.half_life_days
-        if key not in self._by_half_life:
-            self._by_half_life[key] = build_dataset(self.frames, settings, test_days=self.test_days, seed=self.seed,
+        key = _weighting(settings)
+        if key not in self._by_weighting:
+            self._by_weighting[key] = build_dataset(self.frames, settings, test_days=self.test_days, seed=self.seed,
                                                     validation=True, protocol=self.protocol)
-        data = self._by_half_life[key]
+        data = self._by_weighting[key]
         assert data.split is not None and data.validation is not None
         return Dataset(full=with_confidence(data.full, settings), split=split_with_confidence(data.split, settings),
                        data_start=data.data_start, data_end=data.data_end, n_events=data.n_events,
                        validation=split_with_confidence(data.validation, settings), protocol=data.protocol,
                        note=data.note)
+
+
+def _weighting(settings: EngineSettings) -> str:
+    """What a dataset's weights depend on (the confidence transform is applied per request)."""
+    return json.dumps(settings.model_dump(include={"half_life_days", "action_weights", "rate_weight_per_star"}),
+                      sort_keys=True)
 
 
 def tune(cache: DatasetCache, configured: TrainConfig, options: TuneOptions,
