@@ -13,7 +13,9 @@ catalog too large to score in full: there they are what the index finds, as the 
 path for that bundle finds them). Users are scored many at a time, with the same model call
 the API's full path makes for one user, so a chunk of users costs one matrix product (BLAS
 level 3) instead of one matrix-vector product per user, which reads the whole item factor
-matrix per user and was 10x slower at 512 factors. The contract with the full path is
+matrix per user and was 10x slower at 512 factors (212,238 users x 10,000 items, 512
+factors, k = 200: 93 CPU-seconds for the lists with their anchors, by two processes,
+against 71 for implicit's own batched ``recommend`` of the same top 200). The contract with the full path is
 therefore "the same items in the same order, up to float noise": a batched product rounds
 differently in the last bits from a one-row product (about 1e-7 relative), so a stored
 score may differ from the full path's by that much, and two items whose scores are that
@@ -37,7 +39,8 @@ same stored anchors for items that have them, so both paths explain alike.
 
 Stored in the bundle as ``candidates.npz`` (``allow_pickle=False``), one row per user that
 has a list: ``items`` int32 (rows, k) padded with -1, ``scores`` float32 (nan where padded),
-``anchors`` int16 (int32 for histories over 32,767 items), ``complete`` bool per row (the
+``anchors`` int16 (int32 for histories over 32,767 items; :data:`NOT_ANCHORED` past the
+first :data:`ANCHORED`), ``complete`` bool per row (the
 list holds every item the user could be shown, so nothing lies beyond it) and ``slots``
 int32 per user (their row, -1 without a list, which sends them to the full path; a file
 without ``slots`` has one row per user). Memory is 10 bytes x k per covered user plus 4
