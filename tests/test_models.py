@@ -6,12 +6,14 @@ whole catalog per item. EASE: the closed form, over its most active items only."
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from recsys import models
+from recsys.models.base import TrainingData
 from recsys.ranking import top_k_batch
 from tests.model_fixtures import CATEGORIES, group_code, planted
 
@@ -261,3 +263,21 @@ def test_factor_similarity_norms_follow_a_refit(data):
     after = model.item_similarity_matrix(items, others)
     np.testing.assert_allclose(after, _per_item(model, items, others), rtol=1e-5, atol=1e-6)
     assert not np.allclose(after, before)
+
+
+def test_ease_inverts_in_float64_when_float32_could_be_off(data, caplog):
+    """Items always taken together and a tiny ridge make XᵀX + λI ill-conditioned: the fit notices
+    and inverts in float64, with the textbook weights; a well-conditioned fit stays in float32."""
+    twins = data.matrix.tolil()
+    twins[:, 1] = twins[:, 0]  # item 1 has exactly item 0's users
+    twinned = TrainingData(twins.tocsr(), data.weights, data.catalog, data.users, seed=data.seed)
+    with caplog.at_level(logging.INFO, logger="recsys.models.ease"):
+        model = models.create("ease", {"l2": 1e-3}).fit(twinned)
+    assert "inverting in float64" in caplog.text
+    known = np.flatnonzero(twinned.known_items)
+    reference = _dense_ease(twinned, 1e-3)[np.ix_(known, known)]
+    np.testing.assert_allclose(model.weights, reference, rtol=1e-3, atol=1e-5 * np.abs(reference).max())
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="recsys.models.ease"):
+        models.create("ease", {"l2": 20.0}).fit(data)
+    assert "float64" not in caplog.text
