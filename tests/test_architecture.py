@@ -80,8 +80,7 @@ def describe_cycles(package: str, cycles: list[list[str]]) -> str:
 
 
 @pytest.mark.xfail(strict=True, reason="recsys.bundle, candidates, delivery and reasons import each other "
-                                       "(see KNOWN_CYCLE); those modules are being changed by other work: "
-                                       "when the cycle is gone, drop this mark")
+                                       "(see KNOWN_CYCLE): when the cycle is broken, drop this mark")
 def test_recsys_has_no_import_cycles() -> None:
     cycles = import_cycles("recsys")
     assert cycles == [], "import cycles in recsys:\n" + describe_cycles("recsys", cycles)
