@@ -76,6 +76,8 @@ class JobTiming:
     cpu_seconds: float
     """User + system CPU of the job and every process it waited for (its candidate workers)."""
     summary: dict[str, Any]
+    arguments: list[str]
+    """The ``recsys`` arguments it ran with."""
 
 
 def write_store(home: EngineHome, config: DemoConfig) -> dict[str, int]:
@@ -124,7 +126,7 @@ def time_train_job(home: EngineHome, model: str = "als", *, verbose: bool = Fals
     cpu = _children_cpu() - cpu_before
     if done.returncode != 0:
         raise RuntimeError(f"recsys train failed ({done.returncode}):\n{(done.stderr or '')[-4000:]}")
-    return JobTiming(wall, cpu, json.loads(done.stdout))
+    return JobTiming(wall, cpu, json.loads(done.stdout), command[len(recsys_command()):])
 
 
 def _children_cpu() -> float:
@@ -192,6 +194,7 @@ def run(config: DemoConfig, root: Path, *, profile: bool = False) -> dict[str, A
         "engine": als.engine.model_dump(include={"confidence", "alpha", "half_life_days"}),
         "k": DEFAULT_K,
         "list_users": peer.users,
+        "job_command": " ".join(["recsys", *("H" if a == str(home.root) else a for a in job.arguments)]),
         "job_wall_seconds": round(job.wall_seconds, 2),
         "job_reported_seconds": job.summary.get("seconds"),
         "job_steps": job.summary.get("timings", {}),
@@ -219,7 +222,7 @@ def render(result: dict[str, Any]) -> str:
         f"refit_iterations={p['refit_iterations']} num_threads={p['num_threads']} (0 = all cores); "
         f"engine {result['engine']}; serving lists: k={result['k']} for {result['list_users']:,} users",
         "",
-        f"(a) recsys train --no-tune --model als --no-promote, wall time   {result['job_wall_seconds']:8.2f} s"
+        f"(a) {result['job_command']}, wall time   {result['job_wall_seconds']:8.2f} s"
         f"   (job's own clock {result['job_reported_seconds']} s; the rest is interpreter start and imports)",
         steps,
         f"(b) bare implicit: ALS fit, {p['iterations']}+{p['refit_iterations']} iterations on the full matrix"
