@@ -19,6 +19,7 @@ is split by a per-user holdout instead (:mod:`features.splits`); the dataset say
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 ProtocolChoice = Literal["time", "holdout", "auto"]
 
-__all__ = ["Dataset", "Split", "StoreFrames", "build_dataset", "load_dataset", "truth_pairs_of"]
+__all__ = ["Dataset", "Split", "StoreFrames", "build_dataset", "load_dataset", "truth_pairs_of", "weights_key"]
 
 
 @dataclass
@@ -91,6 +92,13 @@ class StoreFrames:
         """The same frames held in memory: a search builds datasets from them many times."""
         interactions, users, items = pl.collect_all([self.interactions, self.users, self.items])
         return StoreFrames(interactions.lazy(), users.lazy(), items.lazy())
+
+
+def weights_key(settings: EngineSettings) -> str:
+    """What a dataset's weights depend on; datasets with equal keys differ only in the confidence
+    transform, which :func:`features.splits.with_confidence` applies without reading the store."""
+    return json.dumps(settings.model_dump(include={"half_life_days", "action_weights", "rate_weight_per_star"}),
+                      sort_keys=True)
 
 
 def build_dataset(frames: StoreFrames, settings: EngineSettings, *, test_days: float | None = 7,

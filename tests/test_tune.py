@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
+from experiments.bench_tune import score
 from experiments.datasets import ContractFrames, data_dir, load_goodbooks, load_movielens
 from features.dataset import StoreFrames, build_dataset
 from features.splits import TruthPairs, draw_holdout, holdout_splits
@@ -29,7 +30,6 @@ from recsys.settings import EngineSettings
 from recsys.users import UserTable
 from tests.demo_store import cli_json, describe, prepare_mlflow_env, run_cli
 from training.config import TrainConfig, load_config, shipped_recipe, shipped_recipes
-from training.evaluate import evaluate
 from training.tune import DatasetCache, TrialRecord, TuneOptions, TuningResult, kept_within_noise, tune
 
 SEED = 0
@@ -48,11 +48,8 @@ def search(frames: StoreFrames, configured: TrainConfig, trials: int, *, test_da
 
 
 def ndcg_on_test(recipe: TrainConfig, cache: DatasetCache) -> float:
-    """The recipe fitted on train (+ validation) and scored once on the test part."""
-    data = cache.get(recipe.engine)
-    assert data.split is not None
-    model = models.create(recipe.model, recipe.params).fit(data.split.train)
-    return evaluate(model, data.split, recipe.engine, segments=False).ndcg10
+    """The recipe fitted on train (+ validation) and scored once on the test part (as the benchmark does)."""
+    return score(recipe, cache)["ndcg@10"]
 
 
 def demo_frames(users: int = 3_000, items: int = 250, days: int = 40) -> StoreFrames:

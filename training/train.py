@@ -26,9 +26,9 @@ from typing import Any
 
 import mlflow
 
-from features.dataset import Dataset, StoreFrames, build_dataset
+from features.dataset import Dataset, StoreFrames, build_dataset, weights_key
 from features.ingest import ingest
-from features.splits import Split
+from features.splits import Split, split_with_confidence
 from recsys import models
 from recsys.ann import build_for as build_ann_index
 from recsys.bundle import ModelBundle
@@ -141,19 +141,14 @@ def train(home: EngineHome, options: TrainOptions, progress: Progress | None = N
         """The same split under another recipe's weighting (the gate refits the champion's recipe on it)."""
         if cache is not None:
             return require_split(cache.get(settings))
-        if _same_weighting(settings, cfg.engine):
-            return split
+        if weights_key(settings) == weights_key(cfg.engine):
+            return split_with_confidence(split, settings)
         protocol = "time" if data.protocol == "time" else "holdout"
         return require_split(build_dataset(frames, settings, test_days=options.test_days, seed=options.seed,
                                            protocol=protocol))
 
     return evaluate_and_register(home, options, data, model, lambda: model.refit(data.full), clock,
                                  tuning=tuning, split_for=split_for)
-
-
-def _same_weighting(a: EngineSettings, b: EngineSettings) -> bool:
-    fields = {"action_weights", "rate_weight_per_star", "half_life_days", "confidence", "alpha"}
-    return a.model_dump(include=fields) == b.model_dump(include=fields)
 
 
 def previous_recipes(home: EngineHome) -> list[TrainConfig]:

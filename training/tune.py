@@ -21,7 +21,6 @@ scoring uses at most :data:`MAX_VALIDATION_USERS` validation users (a seeded sam
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 import optuna
 
-from features.dataset import Dataset, ProtocolChoice, StoreFrames, build_dataset
+from features.dataset import Dataset, ProtocolChoice, StoreFrames, build_dataset, weights_key
 from features.splits import Split, split_with_confidence, with_confidence
 from recsys import models
 from recsys.models.ease import MAX_EASE_ITEMS
@@ -120,6 +119,8 @@ class TrialRecord:
 @dataclass
 class TuningResult:
     best: TrainConfig
+    best_number: int
+    """The trial that gave ``best``."""
     best_ndcg10: float
     configured_ndcg10: float | None
     trials: list[TrialRecord]
@@ -134,10 +135,10 @@ class TuningResult:
 
     def summary(self) -> dict[str, Any]:
         gain = (self.best_ndcg10 / self.configured_ndcg10 if self.configured_ndcg10 else None)
-        best = next((t for t in self.trials if t.state == "complete" and t.ndcg10 == self.best_ndcg10), None)
+        best = next(t for t in self.trials if t.number == self.best_number)
         return {"trials": len(self.trials), "completed": self.completed, "seconds": round(self.seconds, 1),
                 "budget_seconds": round(self.budget_seconds, 1), "validation_users": self.validation_users,
-                "best_model": self.best.model, "best_origin": best.origin if best else None,
+                "best_model": self.best.model, "best_origin": best.origin,
                 "best_validation_ndcg@10": _finite(self.best_ndcg10),
                 "configured_validation_ndcg@10": _finite(self.configured_ndcg10),
                 "gain_over_configured": _finite(gain), "note": self.note}
@@ -155,11 +156,11 @@ class DatasetCache:
                  settings: EngineSettings) -> None:
         self.frames, self.test_days, self.seed = frames, test_days, seed
         self.protocol: ProtocolChoice = "time" if first.protocol == "time" else "holdout"
-        self._by_weighting = {_weighting(settings): first}
+        self._by_weighting = {weights_key(settings): first}
 
     def get(self, settings: EngineSettings) -> Dataset:
         """The dataset with ``settings`` applied (full, split and validation)."""
-        key = _weighting(settings)
+        key = weights_key(settings)
         if key not in self._by_weighting:
             self._by_weighting[key] = build_dataset(self.frames, settings, test_days=self.test_days, seed=self.seed,
                                                     validation=True, protocol=self.protocol)
@@ -169,12 +170,6 @@ class DatasetCache:
                        data_start=data.data_start, data_end=data.data_end, n_events=data.n_events,
                        validation=split_with_confidence(data.validation, settings), protocol=data.protocol,
                        note=data.note)
-
-
-def _weighting(settings: EngineSettings) -> str:
-    """What a dataset's weights depend on (the confidence transform is applied per request)."""
-    return json.dumps(settings.model_dump(include={"half_life_days", "action_weights", "rate_weight_per_star"}),
-                      sort_keys=True)
 
 
 def tune(cache: DatasetCache, configured: TrainConfig, options: TuneOptions,
@@ -372,7 +367,8 @@ class _Runner:
         configured_score = next((r.ndcg10 for r in done if r.recipe.config_hash() == wanted), None)
         kept = "" if best is top else (f"; kept {best.origin} (trial {best.number}) over trial {top.number}, "
                                        f"better by less than {SELECTION_Z:g} standard errors")
-        return TuningResult(best=best.recipe, best_ndcg10=best.ndcg10, configured_ndcg10=configured_score,
+        return TuningResult(best=best.recipe, best_number=best.number, best_ndcg10=best.ndcg10,
+                            configured_ndcg10=configured_score,
                             trials=self.records, seconds=time.perf_counter() - self.started, budget_seconds=budget,
                             validation_users=int((np.diff(self.sample_truth.indptr) > 0).sum()), note=note + kept)
 
