@@ -67,7 +67,7 @@ def build_bundle(directory: Path, n_users: int, n_items: int, seed: int = 0, ite
     """Fit and save the benchmark bundle (skipped when ``directory`` already holds one for these sizes)."""
     from recsys import models
     from recsys.bundle import ModelBundle
-    from recsys.candidates import attach_candidates
+    from recsys.candidate_scoring import attach_candidates
     from recsys.confidence import to_confidence
     from recsys.models.base import TrainingData
     from recsys.settings import EngineSettings
@@ -102,7 +102,8 @@ def build_bundle(directory: Path, n_users: int, n_items: int, seed: int = 0, ite
 def ensure_candidates(directory: Path) -> Path:
     """Add the candidates to a cached bundle saved before training computed them."""
     from recsys.bundle import ModelBundle
-    from recsys.candidates import FILE_NAME, attach_candidates
+    from recsys.candidate_scoring import attach_candidates
+    from recsys.candidates import FILE_NAME
 
     if not (directory / FILE_NAME).is_file():
         log.info("computing the candidates of the cached bundle (once)")
@@ -290,7 +291,8 @@ def start_server(workdir: Path, bundle: Path, port: int, guard: dict[str, str]) 
 def write_payload(workdir: Path, bundle: Path) -> None:
     """A real 10-item list (computed in-process) as the bare endpoint's body."""
     from recsys.bundle import ModelBundle
-    from recsys.delivery import DeliveryEngine, Filters
+    from recsys.delivery import DeliveryEngine
+    from recsys.query import Filters
 
     engine = DeliveryEngine(ModelBundle.load(bundle))
     user = "u0000001"

@@ -56,7 +56,8 @@ from threadpoolctl import threadpool_limits
 
 from features.dataset import load_dataset
 from features.synthetic import DemoConfig, generate
-from recsys.candidates import DEFAULT_K, DEFAULT_MAX_USERS, most_active_rows
+from recsys.candidate_scoring import DEFAULT_K, most_active_rows
+from recsys.candidates import DEFAULT_MAX_USERS
 from recsys.home import EngineHome
 from training.config import load_config
 

@@ -16,7 +16,7 @@ Two paths, one result. A known user without live interactions is served from the
 bundle's precomputed candidates (:mod:`recsys.candidates`) when it has them: drop the
 candidates the request does not allow, diversify the first ``CANDIDATE_FACTOR x n`` that
 survive, explain. That is what full scoring returns whenever that many candidates survive
-(the same items, order and reasons; scores up to float noise, as :mod:`recsys.candidates`
+(the same items, order and reasons; scores up to float noise, as :mod:`recsys.candidate_scoring`
 scores users in batches), at a fraction of the cost; otherwise (live interactions,
 filters that leave too few candidates, a large ``n``, no candidates) the request takes
 the full path.
@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -38,6 +35,7 @@ from recsys.bundle import ModelBundle
 from recsys.candidates import NOT_ANCHORED, Candidates
 from recsys.confidence import to_confidence
 from recsys.models.popularity import PopularityModel
+from recsys.query import Filters, RecommendationList, Recommended, UnknownItem, UnknownRegion, UserContext
 from recsys.ranking import mmr, top_k, top_k_batch
 from recsys.reasons import Reasons, anchor_codes
 
@@ -50,50 +48,6 @@ AVAILABILITY_BUCKET_SECONDS = 60
 """Availability masks are cached per minute: ``ends_at`` granularity needs no finer."""
 
 
-class UnknownItem(KeyError):
-    """An item id the catalog does not hold."""
-
-
-class UnknownRegion(KeyError):
-    """A region with neither users nor items."""
-
-
-@dataclass(frozen=True)
-class Filters:
-    at: float
-    """Request time, epoch seconds."""
-    kind: str | None = None
-    category: str | None = None
-    lat: float | None = None
-    lon: float | None = None
-    radius_km: float | None = None
-
-
-class Recommended(NamedTuple):
-    """One listed item (a named tuple: a request builds ten of these, and a frozen dataclass
-    costs several times as much to construct)."""
-
-    item: int
-    item_id: str
-    score: float
-    reason: str
-
-
-@dataclass
-class RecommendationList:
-    items: list[Recommended]
-    fallback: str | None = None
-
-
-@dataclass
-class UserContext:
-    """What the caller knows about a user beyond the model: live interactions and a profile."""
-
-    live_weights: Mapping[int, float] = field(default_factory=dict)
-    region: str | None = None
-    age_band: str | None = None
-
-
 class DeliveryEngine:
     """Scores, filters, diversifies and explains, over one loaded :class:`ModelBundle`."""
 
@@ -103,7 +57,7 @@ class DeliveryEngine:
         self.users = bundle.users
         self.model = bundle.model
         self.popularity = _popularity_of(bundle)
-        self.reasons = Reasons(bundle, lang)
+        self.reasons = Reasons(bundle.catalog, bundle.model, lang)
         self._availability: dict[int, np.ndarray] = {}
         self._region_pools: dict[tuple[str, str | None], sp.csr_matrix] = {}
         self._known_users = np.diff(bundle.weights.indptr) > 0

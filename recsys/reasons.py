@@ -6,16 +6,12 @@ that the model finds similar; "距你 2.3 公里" only when the caller sent a pl
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import scipy.sparse as sp
 
-if TYPE_CHECKING:
-    from recsys.bundle import ModelBundle
-    from recsys.catalog import Catalog
-    from recsys.delivery import Filters
-    from recsys.models.base import Recommender
+from recsys.catalog import Catalog
+from recsys.models.base import Recommender
+from recsys.query import Filters
 
 PHRASES = {
     "zh": {
@@ -79,11 +75,13 @@ def anchor_codes(model: Recommender, items: np.ndarray, history_items: np.ndarra
 
 
 class Reasons:
-    def __init__(self, bundle: ModelBundle, lang: str = "zh") -> None:
+    """The reasons of one catalog's lists, in one language; ``model`` says which items are alike."""
+
+    def __init__(self, catalog: Catalog, model: Recommender, lang: str = "zh") -> None:
         if lang not in PHRASES:
             raise ValueError(f"unsupported language {lang!r}; use one of {', '.join(PHRASES)}")
-        self.catalog = bundle.catalog
-        self.model = bundle.model
+        self.catalog = catalog
+        self.model = model
         self.phrases = PHRASES[lang]
         self._facets: sp.csr_matrix | None = None
         self._titled_phrases: dict[tuple[str, int], str] = {}

@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 
 from recsys.bundle import ModelBundle
-from recsys.candidates import most_active_users, precompute_candidates
+from recsys.candidate_scoring import most_active_users, precompute_candidates
 from recsys.contract import parse_timestamp
-from recsys.delivery import DeliveryEngine, Filters
+from recsys.delivery import DeliveryEngine
+from recsys.query import Filters
 from serving.cache import LastKnownGood
 from serving.config import DEFAULT_CANDIDATE_USERS
 from serving.sources import ModelSource, SourceError

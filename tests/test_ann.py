@@ -24,12 +24,13 @@ from recsys.ann import (
     hybrid_top_n,
 )
 from recsys.bundle import ModelBundle
-from recsys.candidates import precompute_candidates
+from recsys.candidate_scoring import precompute_candidates
 from recsys.catalog import Catalog
 from recsys.confidence import to_confidence
-from recsys.delivery import DeliveryEngine, Filters
+from recsys.delivery import DeliveryEngine
 from recsys.home import EngineHome
 from recsys.models.base import TrainingData
+from recsys.query import Filters
 from recsys.ranking import top_k
 from recsys.settings import AnnSettings, EngineSettings
 from recsys.users import UserTable

@@ -6,14 +6,8 @@ import sys
 from pathlib import Path
 
 import grimp
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-
-KNOWN_CYCLE = frozenset({"recsys.bundle", "recsys.candidates", "recsys.delivery", "recsys.reasons"})
-"""The one cycle ``recsys`` has today: bundle -> candidates -> bundle, candidates -> reasons ->
-bundle, delivery -> reasons -> delivery (the imports back are type-only: candidates.py and
-reasons.py import ``ModelBundle`` / ``Filters`` under ``TYPE_CHECKING``)."""
 
 
 def test_import_contracts_hold() -> None:
@@ -79,15 +73,6 @@ def describe_cycles(package: str, cycles: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.xfail(strict=True, reason="recsys.bundle, candidates, delivery and reasons import each other "
-                                       "(see KNOWN_CYCLE): when the cycle is broken, drop this mark")
 def test_recsys_has_no_import_cycles() -> None:
     cycles = import_cycles("recsys")
     assert cycles == [], "import cycles in recsys:\n" + describe_cycles("recsys", cycles)
-
-
-def test_recsys_import_cycles_stay_within_the_known_one() -> None:
-    """Until the known cycle is broken, no module joins it and no other cycle appears."""
-    cycles = import_cycles("recsys")
-    assert all(set(cycle) <= KNOWN_CYCLE for cycle in cycles), \
-        "new import cycles in recsys:\n" + describe_cycles("recsys", cycles)

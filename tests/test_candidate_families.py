@@ -16,7 +16,7 @@ import pytest
 
 from recsys import models
 from recsys.bundle import ModelBundle
-from recsys.candidates import CHUNK_SCORE_BYTES, CHUNK_USERS, chunk_size, precompute_candidates
+from recsys.candidate_scoring import CHUNK_SCORE_BYTES, CHUNK_USERS, chunk_size, precompute_candidates
 from recsys.confidence import to_confidence
 from recsys.ranking import top_k
 from recsys.reasons import anchor_codes

@@ -29,22 +29,13 @@ with warnings.catch_warnings():  # starlette's TestClient warns about its httpx 
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from recsys import candidates as candidates_module
-from recsys import models
+from recsys import candidate_scoring, models
 from recsys.bundle import BundleError, ModelBundle
-from recsys.candidates import (
-    FILE_NAME,
-    NOT_ANCHORED,
-    Candidates,
-    CandidatesError,
-    CandidateWorkersFailed,
-    attach_candidates,
-    precompute_candidates,
-    precompute_in_processes,
-    save_with_candidates,
-)
+from recsys.candidate_scoring import attach_candidates, precompute_candidates
+from recsys.candidates import FILE_NAME, NOT_ANCHORED, Candidates, CandidatesError
 from recsys.confidence import to_confidence
-from recsys.delivery import DeliveryEngine, Filters, UserContext
+from recsys.delivery import DeliveryEngine
+from recsys.query import Filters, UserContext
 from recsys.ranking import top_k
 from recsys.reasons import ANCHOR_SIMILARITY, NO_ANCHOR, NO_NOTION, anchor_codes
 from recsys.settings import EngineSettings
@@ -64,6 +55,8 @@ from tests.serving_fixtures import (
     keyed_settings,
     rules_data,
 )
+from training import candidate_lists
+from training.candidate_lists import CandidateWorkersFailed, precompute_in_processes, save_with_candidates
 
 K = 40
 """Short lists (of 80 items), so that filters often leave too few and the full path must step in."""
@@ -150,7 +143,7 @@ def test_time_alone_decides_the_fast_path(engines, bundle):
 def test_anchors_past_the_anchored_prefix_are_computed_by_the_request(bundle, monkeypatch):
     """Lists anchor only their first ANCHORED candidates; a request that shows a later one
     computes its anchor, and both paths still give the same reasons."""
-    monkeypatch.setattr(candidates_module, "ANCHORED", 3)
+    monkeypatch.setattr(candidate_scoring, "ANCHORED", 3)
     shallow = precompute_candidates(bundle, k=K)
     monkeypatch.undo()
     codes = shallow.anchors_of(0)
@@ -246,7 +239,7 @@ def test_a_failing_worker_is_reported_and_training_scores_in_its_own_process(bun
     with pytest.raises(CandidateWorkersFailed, match="cannot load model artifact"):
         precompute_in_processes(bundle, tmp_path / "no-bundle-here", rows, K, workers=2)
     plain = ModelBundle(bundle.model, bundle.catalog, bundle.users, bundle.weights, bundle.settings, bundle.manifest)
-    monkeypatch.setattr(candidates_module, "PARALLEL_MIN_USERS", 1)
+    monkeypatch.setattr(candidate_lists, "PARALLEL_MIN_USERS", 1)
     monkeypatch.setattr(sys, "executable", shutil.which("false"))  # every worker exits 1 at once
     loaded = ModelBundle.load(save_with_candidates(plain, tmp_path / "b", k=K, workers=2)).candidates
     for name in ("items", "scores", "anchors", "complete", "slots"):

@@ -31,8 +31,9 @@ import pytest
 from features import store
 from features.dataset import load_dataset
 from features.poisoning import Flag
-from recsys.delivery import DeliveryEngine, Filters
+from recsys.delivery import DeliveryEngine
 from recsys.home import EngineHome
+from recsys.query import Filters
 from recsys.settings import EngineSettings
 from serving.auth import API_KEY_HEADER, hash_key
 from tests.demo_store import TrainedDemo, cli_json, copy_home, run_cli, train_cli

@@ -14,8 +14,9 @@ import numpy as np
 import polars as pl
 
 from recsys.bundle import ModelBundle
-from recsys.delivery import DeliveryEngine, Filters
+from recsys.delivery import DeliveryEngine
 from recsys.home import EngineHome
+from recsys.query import Filters
 from training import registry
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from recsys.bundle import ModelBundle
-from recsys.delivery import DeliveryEngine, Filters
+from recsys.delivery import DeliveryEngine
+from recsys.query import Filters
 
 
 class CulturalRecommender(PythonModel):

@@ -32,11 +32,12 @@ from features.splits import Split, split_with_confidence
 from recsys import models
 from recsys.ann import build_for as build_ann_index
 from recsys.bundle import ModelBundle
-from recsys.candidates import DEFAULT_MAX_USERS, save_with_candidates
+from recsys.candidates import DEFAULT_MAX_USERS
 from recsys.home import EngineHome
 from recsys.models.base import Recommender
 from recsys.settings import EngineSettings
 from training import gate, registry
+from training.candidate_lists import save_with_candidates
 from training.config import TrainConfig, config_from_dict
 from training.evaluate import Evaluation, evaluate
 from training.search_space import FAMILIES

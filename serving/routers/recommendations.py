@@ -30,7 +30,8 @@ from starlette.convertors import PathConvertor, register_url_convertor
 
 from recsys.catalog import Catalog
 from recsys.contract import MAX_ID_LENGTH
-from recsys.delivery import DeliveryEngine, Filters, RecommendationList, UnknownItem, UnknownRegion, UserContext
+from recsys.delivery import DeliveryEngine
+from recsys.query import Filters, RecommendationList, UnknownItem, UnknownRegion, UserContext
 from serving.deps import (
     At,
     Count,

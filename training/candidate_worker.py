@@ -1,10 +1,10 @@
-"""One worker of :func:`recsys.candidates.precompute_in_processes`, as its own interpreter.
+"""One worker of :func:`training.candidate_lists.precompute_in_processes`, as its own interpreter.
 
-    python -m recsys.candidate_worker BUNDLE_DIR ROWS.npy K OUT.npz [CHUNK]
+    python -m training.candidate_worker BUNDLE_DIR ROWS.npy K OUT.npz [CHUNK]
 
 Loads the saved bundle, scores the users listed in ``ROWS.npy`` (whole chunks of the
-parent's, end to end) with :func:`recsys.candidates.score_share` (one model call per chunk
-of ``CHUNK`` users: the chunks a single process would cut) and writes their lists to
+parent's, end to end) with :func:`recsys.candidate_scoring.score_share` (one model call per
+chunk of ``CHUNK`` users: the chunks a single process would cut) and writes their lists to
 ``OUT.npz``, through a temporary name so that a half-written file never exists under the
 final one. Exits non-zero, with the reason on stderr, when anything fails.
 """
@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     directory, rows_file, k, out = Path(argv[0]), Path(argv[1]), int(argv[2]), Path(argv[3])
     chunk = int(argv[4]) if len(argv) == 5 else None
     from recsys.bundle import ModelBundle
-    from recsys.candidates import score_share
+    from recsys.candidate_scoring import score_share
 
     bundle = ModelBundle.load(directory)
     rows = np.load(rows_file, allow_pickle=False)

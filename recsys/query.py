@@ -1,0 +1,57 @@
+"""What a recommendation request asks and what it gets back, apart from how it is answered.
+
+The types every layer passes to and from :mod:`recsys.delivery` (the API, batch
+recommend, the reasons): the request's filters and what the caller knows about the user,
+the list and its items, and the errors for an id the engine does not know. They depend on
+nothing else in the core, so any module can name them without importing the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class UnknownItem(KeyError):
+    """An item id the catalog does not hold."""
+
+
+class UnknownRegion(KeyError):
+    """A region with neither users nor items."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    at: float
+    """Request time, epoch seconds."""
+    kind: str | None = None
+    category: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    radius_km: float | None = None
+
+
+@dataclass
+class UserContext:
+    """What the caller knows about a user beyond the model: live interactions and a profile."""
+
+    live_weights: Mapping[int, float] = field(default_factory=dict)
+    region: str | None = None
+    age_band: str | None = None
+
+
+class Recommended(NamedTuple):
+    """One listed item (a named tuple: a request builds ten of these, and a frozen dataclass
+    costs several times as much to construct)."""
+
+    item: int
+    item_id: str
+    score: float
+    reason: str
+
+
+@dataclass
+class RecommendationList:
+    items: list[Recommended]
+    fallback: str | None = None
