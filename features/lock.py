@@ -4,7 +4,7 @@ Ingest and quarantine retry hold it for their whole run so two writers never int
 readers never take it (the commit rule in :mod:`features.store` keeps them consistent).
 The holder writes its pid and command into the lock file so a refused writer can say who
 is in the way. The kernel drops a flock when its holder dies, so a crash never leaves the
-store locked.
+store locked. :func:`file_lock` is the same lock on any file (the training lock uses it).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 from recsys.home import EngineHome
 
@@ -37,9 +38,21 @@ def writer_lock(home: EngineHome, *, wait_seconds: float = 0, command: str = "")
     a second acquisition from the same process is refused like any other writer.
     """
     home.store.mkdir(parents=True, exist_ok=True)
-    fd = os.open(home.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    with file_lock(home.lock, wait_seconds=wait_seconds, command=command, what="store",
+                   error=StoreLocked):
+        yield
+
+
+@contextmanager
+def file_lock(path: Path, *, wait_seconds: float = 0, command: str = "", what: str = "lock",
+              error: type[ValueError] = StoreLocked) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created if missing), waiting up to ``wait_seconds``.
+
+    Raises ``error`` naming the holder when it is still taken after the wait.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        _acquire(fd, home, wait_seconds)
+        _acquire(fd, path, wait_seconds, what, error)
         _record_holder(fd, command)
         try:
             yield
@@ -50,7 +63,7 @@ def writer_lock(home: EngineHome, *, wait_seconds: float = 0, command: str = "")
         os.close(fd)
 
 
-def _acquire(fd: int, home: EngineHome, wait_seconds: float) -> None:
+def _acquire(fd: int, path: Path, wait_seconds: float, what: str, error: type[ValueError]) -> None:
     deadline = time.monotonic() + max(wait_seconds, 0.0)
     while True:
         try:
@@ -59,7 +72,7 @@ def _acquire(fd: int, home: EngineHome, wait_seconds: float) -> None:
         except BlockingIOError:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise StoreLocked(_locked_message(home)) from None
+                raise error(_locked_message(path, what)) from None
             time.sleep(min(_POLL_SECONDS, remaining))
 
 
@@ -70,17 +83,21 @@ def _record_holder(fd: int, command: str) -> None:
 
 
 def lock_holder(home: EngineHome) -> dict | None:
-    """What the current holder wrote into the lock file, if anything (a hint, not a guarantee)."""
+    """What the current holder of the store lock wrote into it, if anything (a hint, not a guarantee)."""
+    return _holder(home.lock)
+
+
+def _holder(path: Path) -> dict | None:
     try:
-        text = home.lock.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
         return json.loads(text) if text.strip() else None
     except (OSError, ValueError):
         return None
 
 
-def _locked_message(home: EngineHome) -> str:
-    holder = lock_holder(home)
+def _locked_message(path: Path, what: str) -> str:
+    holder = _holder(path)
     if not holder:
-        return f"store is locked by another writer ({home.lock})"
+        return f"{what} is locked by another process ({path})"
     command = holder.get("command") or "unknown command"
-    return f"store is locked by pid {holder.get('pid', '?')} ({command}) since {holder.get('since', '?')}"
+    return f"{what} is locked by pid {holder.get('pid', '?')} ({command}) since {holder.get('since', '?')}"

@@ -89,3 +89,16 @@ class EngineSettings(BaseSettings):
                 values.update(tomllib.load(fh).get("engine", {}))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+class HealthSettings(BaseSettings):
+    """When the newest week of data differs enough from the week before to warn (features.health)."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSYS_HEALTH_", extra="ignore")
+
+    window_days: float = Field(7.0, gt=0, description="length of the compared windows, ending at the newest event")
+    max_drop: float = Field(0.5, ge=0, le=1, description="warn when a count falls by more than this fraction")
+    max_rise: float = Field(2.0, ge=0, description="warn when a count grows by more than this fraction (2 = tripled)")
+    max_share_change: float = Field(
+        0.05, ge=0, le=1, description="warn when a share (quarantined rows, rural users) moves by more than this")
+    min_count: int = Field(30, ge=0, description="counts below this in both windows are too small to judge")

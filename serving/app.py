@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,6 +30,7 @@ from pydantic import SecretStr
 from starlette.routing import BaseRoute, Route
 from threadpoolctl import threadpool_limits
 
+from recsys.contract import parse_timestamp
 from recsys.home import EngineHome
 from serving.auth import KeyRing
 from serving.cache import LastKnownGood
@@ -142,7 +144,10 @@ def model_source(settings: ServingSettings, home: EngineHome) -> ModelSource:
 
 
 def _model_changed(metrics: Metrics, live: LiveInteractions, served: ServedModel) -> None:
-    metrics.served(served.version, served.labels(), served.degraded is not None)
+    trained = parse_timestamp(served.manifest.get("trained_at"))
+    metrics.served(served.version, served.labels(), served.degraded is not None,
+                   trained_at=trained.timestamp() if trained else None, data_end=served.data_end(),
+                   live_items=lambda: float(served.engine.available(time.time()).sum()))
     data_end = served.data_end()
     if data_end is not None:  # what the new model was trained on must not count twice
         dropped = live.expire_trained(data_end)
@@ -190,8 +195,12 @@ async def _poll(services: Services, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
+            before = services.holder.current
             if await anyio.to_thread.run_sync(services.holder.reload_if_changed):
                 services.metrics.reloads.labels("ok").inc()
+                now = services.holder.current
+                log.info("the model source moved: swapped in version %s (was %s)",
+                         now.version if now else None, before.version if before else None)
         except Exception:  # a failed reload keeps the old model; try again next time
             services.metrics.reloads.labels("failed").inc()
             log.exception("scheduled reload failed")

@@ -21,6 +21,8 @@ from recsys.home import CHAMPION, REGISTERED_MODEL, EngineHome
 from serving.auth import MIN_KEY_LENGTH, check_key_length, parse_inline_keys
 
 ENV_PREFIX = "RECSYS_"
+DEFAULT_RELOAD_INTERVAL = 60.0
+"""A server follows the registry by default: a promoted champion is served within a minute."""
 DEFAULT_CANDIDATE_USERS = 200_000
 """Most users whose candidates a server computes itself (1-1.5 ms of CPU each, at 20,000 items).
 Fewer than a training job's :data:`recsys.candidates.DEFAULT_MAX_USERS`: a server does this work
@@ -96,7 +98,10 @@ class ServingSettings(BaseSettings):
     access_log: bool = Field(
         False, description="uvicorn access log (user ids and query strings are redacted from it)",
     )
-    reload_interval: float = Field(0.0, ge=0, description="seconds between registry polls; 0 = never")
+    reload_interval: float = Field(
+        DEFAULT_RELOAD_INTERVAL, ge=0, description="seconds between polls of the model source; a new champion "
+                                                   "(or bundle) is loaded and swapped in. 0 = never",
+    )
     tail_interval: float = Field(
         0.5, ge=0, description="seconds between looks at what the other server processes of the home were "
                                "posted and asked to reload (their segments and the reload request); 0 = never",

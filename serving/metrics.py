@@ -1,15 +1,23 @@
-"""Prometheus metrics: requests and latency per route template, fallbacks, the served model.
+"""Prometheus metrics: requests and latency per route template, lists, the served model.
 
 Each app owns its :class:`CollectorRegistry`, so several apps in one process (tests) never
 collide. Routes are labelled by their template (``/v1/users/{user_id}/recommendations``),
 never by the raw path, to keep the label set bounded. With several workers every process
 exposes its own numbers (scrape each, or aggregate at the collector).
+
+What an operator alerts on (``serving/monitoring/alerts.yml``): the model's age and its data's
+age (seconds since the manifest's ``trained_at`` and ``data_end``, computed at scrape time),
+empty and fallback lists per endpoint, the live catalogue's size, reloads by outcome, posted
+interactions per action, and whether the server runs on its last-known-good copy.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
@@ -39,15 +47,48 @@ class Metrics:
                                    registry=r)
         self.model_degraded = Gauge("recsys_model_degraded", "1 while serving the last-known-good copy", registry=r)
         self.model_info = Info("recsys_model", "The served model", registry=r)
+        self.lists = Counter("recsys_lists", "Recommendation lists served, by endpoint", ["endpoint"], registry=r)
+        self.empty_lists = Counter("recsys_empty_lists", "Recommendation lists served with no item, by endpoint",
+                                   ["endpoint"], registry=r)
+        self.posted = Counter("recsys_interactions_posted", "Accepted posted interactions by action", ["action"],
+                              registry=r)
+        self._trained_at = math.nan
+        self._data_end = math.nan
+        self._live_items: Callable[[], float] = lambda: math.nan
+        Gauge("recsys_model_age_seconds", "Seconds since the served model was trained (its trained_at)",
+              registry=r).set_function(lambda: _age(self._trained_at))
+        Gauge("recsys_data_age_seconds", "Seconds since the newest event the served model was trained on "
+              "(its data_end)", registry=r).set_function(lambda: _age(self._data_end))
+        Gauge("recsys_catalog_live_items", "Items of the served catalogue that can be shown now (not hidden, "
+              "not ended)", registry=r).set_function(lambda: self._live_items())
 
-    def served(self, version: str | None, info: dict[str, str], degraded: bool) -> None:
+    def served(self, version: str | None, info: dict[str, str], degraded: bool, *,
+               trained_at: float | None = None, data_end: float | None = None,
+               live_items: Callable[[], float] | None = None) -> None:
+        """A model now serves: its version, facts, and the times and catalogue the gauges read."""
         self.model_version.set(float(version) if version and version.isdigit() else -1)
         self.model_degraded.set(1 if degraded else 0)
         self.model_info.info(info)
+        self._trained_at = math.nan if trained_at is None else trained_at
+        self._data_end = math.nan if data_end is None else data_end
+        if live_items is not None:
+            self._live_items = live_items
 
     def fallback(self, endpoint: str, kind: str | None) -> None:
         if kind:
             self.fallbacks.labels(endpoint, kind).inc()
+
+    def listed(self, endpoint: str, fallback: str | None, size: int) -> None:
+        """One list served by ``endpoint``: counted, and counted again if empty or a fallback."""
+        self.lists.labels(endpoint).inc()
+        if size == 0:
+            self.empty_lists.labels(endpoint).inc()
+        self.fallback(endpoint, fallback)
+
+    def interactions_posted(self, actions: Iterable[str]) -> None:
+        """Accepted posted interactions, counted per action."""
+        for action, count in Tally(actions).items():
+            self.posted.labels(action).inc(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -79,6 +120,11 @@ class MetricsMiddleware:
             method = scope.get("method", "")
             self.metrics.requests.labels(method, route, str(status["code"])).inc()
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+
+
+def _age(moment: float) -> float:
+    """Seconds since ``moment`` (epoch seconds); NaN while no model (or no such time) is known."""
+    return time.time() - moment if math.isfinite(moment) else math.nan
 
 
 def _template(scope: dict[str, Any], status: int) -> str:

@@ -46,3 +46,21 @@ def decide(candidate_ndcg: float, candidate_ratio: float, champion_ndcg: float |
     else:
         reasons.append("rural/urban ratio not measurable on this window (gate skipped)")
     return GateDecision(ok, reasons)
+
+
+def log_decision(decision: GateDecision, promoted: bool, **figures: object) -> None:
+    """Record the decision on the active MLflow run: ``gate.promote``, ``gate.promoted`` and one
+    ``gate.reason.N`` tag per reason, plus ``gate.json`` with the reasons and the compared figures
+    (the candidate's and champion's NDCG@10, the ratio, tolerance and floor, the versions)."""
+    import mlflow
+
+    mlflow.set_tags({"gate.promote": str(decision.promote).lower(), "gate.promoted": str(promoted).lower(),
+                     "gate.decision": "promoted" if promoted else "refused" if not decision.promote
+                     else "not promoted",
+                     **{f"gate.reason.{n}": reason[:5000] for n, reason in enumerate(decision.reasons)}})
+    mlflow.log_dict({**decision.to_dict(), "promoted": promoted, **_finite(figures)}, "gate.json")
+
+
+def _finite(figures: dict[str, object]) -> dict[str, object]:
+    """JSON has no NaN: an unmeasurable figure is null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in figures.items()}

@@ -4,7 +4,9 @@ Default store: ``sqlite:///$RECSYS_HOME/mlflow.db`` with artifacts under the hom
 engine runs offline with no server; ``MLFLOW_TRACKING_URI`` points it elsewhere. Every
 trained model is registered as a version of ``cultural-recsys`` with alias ``candidate``;
 ``champion`` is what the API serves. The registered model's tag ``champion_history`` keeps
-the previous champions so ``recsys rollback`` can step back.
+the previous champions so ``recsys rollback`` can step back (one step, or ``--to`` an older
+one), and ``champion_log`` records every move of ``champion`` (which version, from which,
+when, by which command) for ``recsys models --history``.
 
 Guards at the edges: :func:`connect` refuses a registry that is not the one the home
 recorded (:mod:`training.registry_identity`: an emptied or swapped ``mlflow.db``); a
@@ -23,6 +25,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,11 @@ log = logging.getLogger(__name__)
 
 CANDIDATE = "candidate"
 HISTORY_TAG = "champion_history"
+LOG_TAG = "champion_log"
+LOG_MAX_CHARS = 5000
+"""The champion log is trimmed (oldest first) to this size: the smallest tag value limit of the
+stores MLflow supports, so the log fits wherever the registry lives."""
+DATA_END_TAG = "data_end"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
@@ -177,8 +185,10 @@ def versions(client: MlflowClient) -> list[VersionInfo]:
     return infos
 
 
-def promote(client: MlflowClient, version: str) -> str | None:
-    """Move ``champion`` to ``version``; remember the previous champion. Returns it."""
+def promote(client: MlflowClient, version: str, *, by: str = "promote") -> str | None:
+    """Move ``champion`` to ``version``; remember the previous champion. Returns it.
+
+    ``by`` names what moved it (``train``, ``promote``) in the champion log."""
     try:
         client.get_model_version(REGISTERED_MODEL, version)
     except MlflowException as exc:
@@ -190,31 +200,82 @@ def promote(client: MlflowClient, version: str) -> str | None:
     if previous is not None:
         history.append(previous.version)
     client.set_registered_model_tag(REGISTERED_MODEL, HISTORY_TAG, json.dumps(history[-50:]))
-    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+    _move_champion(client, version, previous.version if previous else None, by)
     return previous.version if previous else None
 
 
-def rollback(client: MlflowClient, check: bool = False) -> tuple[str, str]:
-    """Move ``champion`` back to the previous champion; returns (from, to). With ``check``,
-    that version is loaded first (:func:`check_version`) and nothing moves if it is broken."""
+def rollback(client: MlflowClient, check: bool = False, to: str | None = None) -> tuple[str, str]:
+    """Move ``champion`` back to the previous champion, or to ``to`` (one of the previous
+    champions still on record); returns (from, to). With ``check``, that version is loaded
+    first (:func:`check_version`) and nothing moves if it is broken."""
     current = champion(client)
     history = _history(client)
     if current is None or not history:
         raise ValueError("nothing to roll back to: no previous champion recorded")
+    target = history[-1] if to is None else str(to)
+    if target not in history:
+        raise ValueError(f"version {target} is not a previous champion on record (those are: "
+                         f"{', '.join(reversed(history))}); `recsys promote --version {target}` makes any "
+                         "version champion")
     if check:
-        check_version(client, history[-1])
-    target = history.pop()
+        check_version(client, target)
+    del history[len(history) - 1 - history[::-1].index(target):]  # its last turn and everything after it
     client.set_registered_model_tag(REGISTERED_MODEL, HISTORY_TAG, json.dumps(history))
-    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, target)
+    _move_champion(client, target, current.version, "rollback")
     return current.version, target
 
 
-def _history(client: MlflowClient) -> list[str]:
-    try:
-        tags = client.get_registered_model(REGISTERED_MODEL).tags
-    except MlflowException:
+def _move_champion(client: MlflowClient, version: str, previous: str | None, by: str) -> None:
+    log_entries = champion_log(client)
+    log_entries.append({"version": version, "previous": previous, "by": by,
+                        "at": datetime.now(UTC).isoformat(timespec="seconds")})
+    while len(json.dumps(log_entries)) > LOG_MAX_CHARS and len(log_entries) > 1:
+        log_entries.pop(0)
+    client.set_registered_model_tag(REGISTERED_MODEL, LOG_TAG, json.dumps(log_entries))
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+    log.info("champion is now version %s (was %s; by %s)", version, previous, by)
+
+
+def champion_log(client: MlflowClient) -> list[dict[str, Any]]:
+    """Every recorded move of ``champion``, oldest first: version, previous, by, at."""
+    value = _model_tags(client).get(LOG_TAG)
+    if not value:
         return []
-    return list(json.loads(tags.get(HISTORY_TAG, "[]")))
+    try:
+        entries = json.loads(value)
+    except ValueError:
+        log.warning("the registry's %s tag is not JSON; starting a new log", LOG_TAG)
+        return []
+    return [entry for entry in entries if isinstance(entry, dict)]
+
+
+def _history(client: MlflowClient) -> list[str]:
+    return [str(v) for v in json.loads(_model_tags(client).get(HISTORY_TAG, "[]"))]
+
+
+def _model_tags(client: MlflowClient) -> dict[str, str]:
+    try:
+        return dict(client.get_registered_model(REGISTERED_MODEL).tags or {})
+    except MlflowException:
+        return {}
+
+
+def data_end_of(client: MlflowClient, version: VersionInfo) -> datetime | None:
+    """The newest event ``version`` was trained on: its ``data_end`` tag, else its run's parameter
+    (versions registered before the tag existed); None when neither is readable."""
+    value = version.tags.get(DATA_END_TAG)
+    if not value and version.run_id:
+        try:
+            value = client.get_run(version.run_id).data.params.get(DATA_END_TAG)
+        except MlflowException:
+            value = None
+    try:
+        moment = datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+    if moment is not None and moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
 
 
 class VersionUnusable(ValueError):

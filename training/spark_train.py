@@ -52,7 +52,6 @@ from recsys.models.als import ALSConfig, ALSModel
 from recsys.models.base import Recommender, TrainingData
 from recsys.models.hybrid import HybridModel
 from recsys.settings import EngineSettings
-from training import registry
 from training.config import TrainConfig
 from training.train import (
     Progress,
@@ -60,8 +59,8 @@ from training.train import (
     TrainOptions,
     TrainResult,
     evaluate_and_register,
-    ingest_incoming,
     require_split,
+    start_training,
 )
 
 log = logging.getLogger(__name__)
@@ -139,8 +138,7 @@ def train_spark(home: EngineHome, options: TrainOptions, spark: SparkOptions | N
     cfg = options.config
     check_supported(cfg)
     clock = Stopwatch(progress)
-    clock.timed("ingest pending API interactions", lambda: ingest_incoming(home))
-    clock.timed("check the registry", lambda: registry.begin_training(home))  # refuses a swapped registry
+    start_training(home, options, clock)
     with ExitStack() as stack:
         session = clock.timed("start spark", lambda: stack.enter_context(spark_session(spark or SparkOptions())))
         features = clock.timed("build features", lambda: spark_features.load_dataset(

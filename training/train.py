@@ -8,7 +8,13 @@ model is split per user instead (:mod:`features.splits`), and the run says so.
 
 The champion alias moves only at the very end, after every artifact is logged and the
 gate passed; any failure before that leaves the MLflow run FAILED and the champion where
-it was.
+it was. The gate's decision, every reason and the figures it compared are logged to the
+run (``gate.*`` tags and ``gate.json``), with the data-health comparison of the store's
+newest week (:mod:`features.health`: ``health.*`` metrics, ``health.json``).
+
+With ``only_new_data`` a run whose store holds no event after the champion's ``data_end``
+stops before any work (:class:`NoNewData`): a scheduled retrain on unchanged data is
+nothing to do, not a new version.
 """
 
 from __future__ import annotations
@@ -18,16 +24,21 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import polars as pl
 
+from features import health
 from features.dataset import Dataset, StoreFrames, build_dataset, weights_key
+from features.events import clean_events
 from features.ingest import ingest
+from features.lock import file_lock
 from features.splits import Split, split_with_confidence
 from recsys import models
 from recsys.ann import build_for as build_ann_index
@@ -35,7 +46,7 @@ from recsys.bundle import ModelBundle
 from recsys.candidates import DEFAULT_MAX_USERS
 from recsys.home import EngineHome
 from recsys.models.base import Recommender
-from recsys.settings import EngineSettings
+from recsys.settings import EngineSettings, HealthSettings
 from training import gate, registry
 from training.candidate_lists import save_with_candidates
 from training.config import TrainConfig, config_from_dict
@@ -67,6 +78,10 @@ class TrainOptions:
     tune_trials: int | None = None
     families: tuple[str, ...] = FAMILIES
     """Model families the search may pick (``recsys train --model X`` searches X only)."""
+    only_new_data: bool = False
+    """Stop with :class:`NoNewData` when the store has no event after the champion's ``data_end``."""
+    health: HealthSettings = field(default_factory=HealthSettings)
+    """Thresholds of the data-health comparison logged with the run."""
 
 
 @dataclass
@@ -88,6 +103,15 @@ class TrainResult:
     tuning: dict[str, Any] | None = None
     """The search's summary (:meth:`training.tune.TuningResult.summary`), None with ``tune=False``."""
     notes: list[str] = field(default_factory=list)
+    health: dict[str, Any] | None = None
+    """The data-health comparison (:meth:`features.health.HealthReport.to_dict`), None on an empty store."""
+    promote_asked: bool = True
+    """False with ``--no-promote``: not promoting was the plan, not the gate's refusal."""
+
+    @property
+    def refused(self) -> bool:
+        """Trained and registered, but the gate kept the champion."""
+        return self.promote_asked and not self.promoted
 
     def to_dict(self) -> dict[str, Any]:
         key = {k: self.metrics.get(k) for k in KEY_METRICS}
@@ -98,7 +122,24 @@ class TrainResult:
             "lift_over_popularity": self.metrics.get("lift_over_popularity.ndcg@10"),
             "seconds": round(self.seconds, 2), "timings": self.timings, "report_dir": self.report_dir,
             "engine": self.engine, "split": self.split, "tuning": self.tuning, "notes": self.notes,
+            "health": self.health, "status": "refused" if self.refused else "promoted" if self.promoted
+            else "registered",
         }
+
+
+class NoNewData(Exception):
+    """The store has no event after the champion's ``data_end``: a retrain would learn nothing new."""
+
+    def __init__(self, champion: str, data_end: datetime, newest: datetime | None) -> None:
+        self.champion, self.data_end, self.newest = champion, data_end, newest
+        super().__init__(f"nothing to do: no new data since champion version {champion} was trained "
+                         f"(its data ends {data_end.isoformat()}, the store's newest event is "
+                         f"{newest.isoformat() if newest else 'none'}); --force trains anyway")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": "nothing_to_do", "promoted": False, "champion": self.champion,
+                "champion_data_end": self.data_end.isoformat(),
+                "newest_event": self.newest.isoformat() if self.newest else None, "message": str(self)}
 
 
 class Stopwatch:
@@ -120,8 +161,7 @@ class Stopwatch:
 def train(home: EngineHome, options: TrainOptions, progress: Progress | None = None) -> TrainResult:
     clock = Stopwatch(progress)
     cfg = options.config
-    clock.timed("ingest pending API interactions", lambda: ingest_incoming(home))
-    clock.timed("check the registry", lambda: registry.begin_training(home))  # refuses a swapped registry
+    start_training(home, options, clock)
     frames = clock.timed("read the store", lambda: StoreFrames.read(home).collected())
     first: Dataset = clock.timed("build features", lambda: build_dataset(
         frames, cfg.engine, test_days=options.test_days, seed=options.seed, validation=options.tune,
@@ -150,6 +190,33 @@ def train(home: EngineHome, options: TrainOptions, progress: Progress | None = N
 
     return evaluate_and_register(home, options, data, model, lambda: model.refit(data.full), clock,
                                  tuning=tuning, split_for=split_for)
+
+
+def start_training(home: EngineHome, options: TrainOptions, clock: Stopwatch) -> None:
+    """What every training engine does first: fold in pending API lines, check the registry
+    (refuses a swapped one), and with ``only_new_data`` stop when nothing arrived since the
+    champion was trained (:class:`NoNewData`)."""
+    clock.timed("ingest pending API interactions", lambda: ingest_incoming(home))
+    client = clock.timed("check the registry", lambda: registry.begin_training(home))
+    if options.only_new_data:
+        clock.timed("look for new data", lambda: require_new_data(home, client))
+
+
+def require_new_data(home: EngineHome, client: Any) -> None:
+    """Raise :class:`NoNewData` when a champion exists and the store's newest usable event (as
+    training counts them: visible items, not flagged, not in the future) is not after its ``data_end``."""
+    current = registry.champion(client)
+    if current is None:
+        return
+    data_end = registry.data_end_of(client, current)
+    if data_end is None:  # a champion of unknown data: training is the safe answer
+        return
+    frames = StoreFrames.read(home)
+    newest = (clean_events(frames.interactions, frames.items)
+              .filter(pl.col("ts") <= pl.lit(datetime.now(UTC), dtype=pl.Datetime("us", "UTC")))
+              .select(pl.col("ts").max()).collect().item())
+    if newest is None or newest <= data_end:
+        raise NoNewData(current.version, data_end, newest)
 
 
 def previous_recipes(home: EngineHome) -> list[TrainConfig]:
@@ -198,10 +265,12 @@ def evaluate_and_register(home: EngineHome, options: TrainOptions, data: Dataset
 
     client = registry.connect(home)
     champion_before = registry.champion(client)
+    data_health = clock.timed("check data health", lambda: health.check_store(home, options.health, cfg.engine))
     with mlflow.start_run(run_name=f"{cfg.model}-{datetime.now(UTC):%Y%m%dT%H%M%S}",
                           tags=registry.run_tags()) as run:
         _log_run(cfg, options, data, metrics, baseline, evaluation)
         mlflow.set_tag("split", data.note)
+        _log_health(data_health)
         mlflow.log_params({k: str(v)[:500] for k, v in {"engine": engine, **(engine_params or {})}.items()})
         if tuning is not None:
             clock.timed("log trials", lambda: _log_tuning(tuning))
@@ -212,23 +281,26 @@ def evaluate_and_register(home: EngineHome, options: TrainOptions, data: Dataset
         tags = {"config_hash": cfg.config_hash(), "ndcg_at_10": f"{evaluation.ndcg10:.6f}",
                 "rural_urban_ndcg_ratio": f"{evaluation.rural_urban_ratio:.6f}",
                 "test_cutoff": split.cutoff.isoformat(), "model": cfg.model, "engine": engine,
-                "split": data.protocol}
+                "split": data.protocol, registry.DATA_END_TAG: data.data_end.isoformat() if data.data_end else ""}
         version = clock.timed("register candidate", lambda: registry.register(client, model_uri, tags))
         champion_ndcg = clock.timed("re-evaluate champion", lambda: _champion_ndcg(
             client, champion_before, cfg, evaluation, split_for or (lambda _settings: split), engine))
         decision = gate.decide(evaluation.ndcg10, evaluation.rural_urban_ratio, champion_ndcg,
                                tolerance=options.tolerance, rural_floor=options.rural_floor)
-        mlflow.log_dict(decision.to_dict(), "gate.json")
         if champion_ndcg is not None:
             mlflow.log_metric("champion_ndcg_at_10_same_window", champion_ndcg)
         promoted = options.promote and decision.promote
         if not options.promote:
             decision.reasons.append("--no-promote given")
+        gate.log_decision(decision, promoted, version=version, champion=champion_before.version
+                          if champion_before else None, candidate_ndcg=evaluation.ndcg10,
+                          candidate_ratio=evaluation.rural_urban_ratio, champion_ndcg=champion_ndcg,
+                          tolerance=options.tolerance, rural_floor=options.rural_floor)
         report_dir = None
         if options.report:
             report_dir = clock.timed("planner report", lambda: _report(home, run.info.run_id))
         if promoted:
-            registry.promote(client, version)
+            registry.promote(client, version, by="train")
         mlflow.set_tag("promoted", str(promoted).lower())
     champion_now = registry.champion(client)
     return TrainResult(
@@ -236,7 +308,19 @@ def evaluate_and_register(home: EngineHome, options: TrainOptions, data: Dataset
         promoted=promoted, gate=decision.to_dict(), champion=champion_now.version if champion_now else None,
         seconds=time.perf_counter() - clock.started, timings=clock.timings, report_dir=report_dir, engine=engine,
         split=data.note, tuning=tuning.summary() if tuning else None, notes=_notes(cfg, tuning, metrics),
+        health=data_health.to_dict() if data_health else None, promote_asked=options.promote,
     )
+
+
+def _log_health(report: health.HealthReport | None) -> None:
+    """The data-health comparison on the run: figures as metrics, warnings as tags, all in ``health.json``."""
+    if report is None:
+        return
+    mlflow.log_dict(report.to_dict(), "health.json")
+    mlflow.log_metrics(_mlflow_safe(report.metrics()))
+    mlflow.set_tag("health.status", "warning" if report.warnings else "ok")
+    for number, warning in enumerate(report.warnings):
+        mlflow.set_tag(f"health.warning.{number}", warning[:5000])
 
 
 def _notes(cfg: TrainConfig, tuning: TuningResult | None, metrics: dict[str, float]) -> list[str]:
@@ -274,6 +358,25 @@ def _log_tuning(tuning: TuningResult) -> None:
 
 LOCK_WAIT_SECONDS = 600
 """How long training waits for a running ingest to finish before giving up."""
+TRAIN_LOCK = "train.lock"
+"""The home's training lock (``$RECSYS_HOME/train.lock``): one training at a time."""
+
+
+class TrainingRunning(ValueError):
+    """Another training of the same home holds the training lock; the message names it."""
+
+
+@contextmanager
+def training_lock(home: EngineHome, wait_seconds: float = 0) -> Iterator[None]:
+    """Hold the home's training lock, waiting up to ``wait_seconds`` for a running training.
+
+    Two trainings of one home would race for the champion alias and double the machine's
+    load; a scheduled run that overlaps a long one waits or stops with :class:`TrainingRunning`.
+    """
+    home.root.mkdir(parents=True, exist_ok=True)
+    with file_lock(home.root / TRAIN_LOCK, wait_seconds=wait_seconds, command="recsys train", what="training",
+                   error=TrainingRunning):
+        yield
 
 
 def ingest_incoming(home: EngineHome) -> None:

@@ -84,6 +84,7 @@ def post_interactions(key: InteractionsWriterDep, batch: Annotated[list[Any], Bo
                      row.timestamp(settings.timezone).timestamp())
     svc.metrics.interactions.labels("accepted").inc(len(accepted))
     svc.metrics.interactions.labels("rejected").inc(len(rejected))
+    svc.metrics.interactions_posted(row.action for row in accepted)
     return InteractionsAccepted(accepted=len(accepted), rejected=rejected)
 
 

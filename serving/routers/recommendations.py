@@ -122,7 +122,7 @@ async def user_recommendations(user_id: Id, request: Request, _: PersonalReaderD
     context = UserContext(live_weights=svc.live.weights_for(user_id, engine.catalog.items))
     result = engine.for_user(user_id, query.n, filters, diversity=query.diversity, context=context,
                              region=query.region)
-    svc.metrics.fallback("users", result.fallback)
+    svc.metrics.listed("users", result.fallback, len(result.items))
     return _user_list_json(served.version, engine, result, user_id)
 
 
@@ -139,18 +139,20 @@ def region_recommendations(
         result = engine.for_region(region_code, n, Filters(at=moment_of(at, served), kind=kind), age_band=age_band)
     except UnknownRegion as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown region {region_code!r}") from exc
-    svc.metrics.fallback("regions", result.fallback)
+    svc.metrics.listed("regions", result.fallback, len(result.items))
     return RegionRecommendations(region_code=region_code, **_body(served.version, engine, result))
 
 
 @router.get("/items/{item_id:id}/similar", response_model=SimilarItems, responses=NOT_FOUND)
-async def similar_items(item_id: Id, served: ServedDep, n: Count = 10, at: At = None) -> SimilarItems:
+async def similar_items(item_id: Id, served: ServedDep, svc: ServicesDep, n: Count = 10,
+                        at: At = None) -> SimilarItems:
     """Items like this one that can still be shown at ``at``."""
     engine = served.engine
     try:
         result = engine.similar(item_id, n, Filters(at=moment_of(at, served)))
     except UnknownItem as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown item {item_id!r}") from exc
+    svc.metrics.listed("similar", result.fallback, len(result.items))
     return SimilarItems(item_id=item_id, **_body(served.version, engine, result))
 
 

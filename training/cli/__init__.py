@@ -8,6 +8,8 @@ import os
 
 import typer
 
+from training.cli.common import reset_json_errors
+
 app = typer.Typer(
     name="recsys",
     help="Public cultural-resource recommendation engine: ingest, train, serve, report.",
@@ -29,6 +31,7 @@ def _register_all() -> None:
 @app.callback()
 def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging, third parties included")
                ) -> None:
+    reset_json_errors()
     # Without --verbose only warnings reach the terminal, plus the server's own operational lines:
     # faiss's loader, MLflow's migrations and every library's INFO narration stay quiet.
     logging.basicConfig(

@@ -1,4 +1,12 @@
-"""Options and output helpers shared by every ``recsys`` verb."""
+"""Options and output helpers shared by every ``recsys`` verb.
+
+Exit codes, the same for every verb (a scheduler tells the outcomes apart by them):
+:data:`EXIT_OK` 0 (done, promoted, or nothing to do), :data:`EXIT_FAILURE` 1 (an unexpected
+failure), :data:`EXIT_BAD_INPUT` 2 (bad input or configuration, refused before any change),
+:data:`EXIT_REFUSED` 3 (``recsys train``: a model was trained and registered but the gate
+kept the champion). With ``--json`` an error is a JSON object on stdout too
+(``{"error": ..., "exit_code": ...}``), so a script reads one stream whatever happened.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +30,28 @@ HomeOption = Annotated[
     Path | None,
     typer.Option("--home", help="Engine home (store, MLflow, reports). Default $RECSYS_HOME or ./.recsys"),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary")]
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_REFUSED = 3
+
+_json_errors = ContextVar("json_errors", default=False)
+"""Whether this invocation asked for ``--json`` (errors then go to stdout as JSON too)."""
+
+
+def _remember_json(value: bool) -> bool:
+    # an option callback runs while the verb's options are parsed: before any error it could raise
+    _json_errors.set(bool(value))
+    return value
+
+
+def reset_json_errors() -> None:
+    """Forget a previous invocation's ``--json`` (several invocations can share one process)."""
+    _json_errors.set(False)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary (errors too)",
+                                          callback=_remember_json)]
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +87,29 @@ def emit(summary: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any
         out.print(f"[bold]{key}[/bold]: {value}")
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print an error on stderr and return the Exit to raise."""
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    """Print an error on stderr (and as JSON on stdout with ``--json``); return the Exit to raise."""
     console.print(f"[red]error:[/red] {escape(message)}")
+    if _json_errors.get():
+        sys.stdout.write(json.dumps({"error": message, "exit_code": code}, ensure_ascii=False) + "\n")
     return typer.Exit(code)
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn expected input errors into exit code 2 with one clear line (no traceback)."""
+    """Turn expected input errors into exit code 2 with one clear line (no traceback).
+
+    With ``--json`` an unexpected error is reported the same way with exit code 1 (its
+    traceback goes to the log on stderr); without it the traceback is the report.
+    """
     try:
         yield
     except ContractError as exc:
         raise fail(str(exc)) from exc
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from exc
+    except Exception as exc:
+        if not _json_errors.get():
+            raise
+        log.exception("unexpected failure")
+        raise fail(f"{type(exc).__name__}: {exc}", EXIT_FAILURE) from exc

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from serving.config import DEFAULT_RELOAD_INTERVAL
 from training.cli.common import HomeOption, JsonOption, emit, home_of, stderr_console, stdout_console, user_errors
 
 err = stderr_console()
@@ -32,6 +33,9 @@ def quickstart_cmd(
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="End by running the API")] = True,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
+    reload_interval: Annotated[float, typer.Option(
+        "--reload-interval", min=0, help="Seconds between registry polls of the API; a newly promoted champion "
+                                         "is served without a restart (0 = never)")] = DEFAULT_RELOAD_INTERVAL,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -58,6 +62,7 @@ def quickstart_cmd(
                           items=paths["items"])
         summary["ingest"] = ingested.to_dict()
         status.update("[bold]training")
+        # a quickstart run again on the same home retrains on purpose: no "nothing to do" check
         result = train(engine_home, TrainOptions(config=load_config(model="hybrid"), seed=seed,
                                                  tune_budget=QUICKSTART_TUNE_SECONDS),
                        progress=lambda step: status.update(f"[bold]training: {step}"))
@@ -69,7 +74,7 @@ def quickstart_cmd(
     summary["seconds"] = round(time.perf_counter() - started, 1)
     emit(summary, as_json, _render)
     if serve:
-        _serve(host, port)
+        _serve(host, port, reload_interval)
 
 
 def _render(summary: dict[str, Any]) -> None:
@@ -90,8 +95,9 @@ QUICKSTART_SCOPES = "read+write:interactions"
 """What the session key may do: what an app's backend does, nothing of the admin's."""
 
 
-def _serve(host: str, port: int) -> None:
-    """Run the API with a fresh key for this session (personal lists and posts need one)."""
+def _serve(host: str, port: int, reload_interval: float) -> None:
+    """Run the API with a fresh key for this session (personal lists and posts need one); it
+    follows the registry, so a champion promoted by a later ``recsys train`` is served."""
     import uvicorn
 
     from serving.auth import API_KEY_HEADER
@@ -99,6 +105,7 @@ def _serve(host: str, port: int) -> None:
     from training.cli.serve_cmds import APP_FACTORY, checked_uvicorn_options, new_key
 
     key = new_key()
+    os.environ[env_name("reload_interval")] = str(reload_interval)
     inline = env_name("api_keys")
     os.environ[inline] = ",".join(filter(None, (os.environ.get(inline), f"{key}={QUICKSTART_SCOPES}")))
     options = checked_uvicorn_options()

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
+from serving.config import DEFAULT_RELOAD_INTERVAL
 from training.cli.common import HomeOption, console, fail, home_of, stdout_console
 
 APP_FACTORY = "serving.app:create_app"
@@ -67,7 +68,8 @@ def serve_cmd(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (each loads the model)")] = 1,
     reload_interval: Annotated[float, typer.Option(
         "--reload-interval", min=0,
-        help="Seconds between registry polls; reload when the champion changes (0 = never)")] = 0.0,
+        help="Seconds between registry polls; reload when the champion changes (0 = never)")
+    ] = DEFAULT_RELOAD_INTERVAL,
     model_dir: Annotated[Path | None, typer.Option(
         "--model-dir", file_okay=False, help="Serve this bundle directory instead of the registry champion")] = None,
     tail_interval: Annotated[float | None, typer.Option(

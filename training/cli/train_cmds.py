@@ -1,4 +1,10 @@
-"""``recsys train``, ``promote``, ``rollback``, ``models`` and ``recommend``."""
+"""``recsys train``, ``promote``, ``rollback``, ``models`` and ``recommend``.
+
+``recsys train`` is what a scheduler runs unattended, so its exit code says what happened
+(:mod:`training.cli.common`): 0 promoted or nothing to do (no new data since the champion's
+``data_end``, unless ``--force``), 3 trained but refused by the gate, 2 bad input or
+configuration (a training already running counts: ``--wait`` to queue behind it), 1 failure.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,17 @@ from rich.table import Table
 from recsys.candidates import DEFAULT_MAX_USERS
 from recsys.contract import parse_timestamp
 from recsys.models import MODELS
-from training.cli.common import HomeOption, JsonOption, emit, fail, home_of, stderr_console, stdout_console, user_errors
+from training.cli.common import (
+    EXIT_REFUSED,
+    HomeOption,
+    JsonOption,
+    emit,
+    fail,
+    home_of,
+    stderr_console,
+    stdout_console,
+    user_errors,
+)
 
 out = stdout_console()
 
@@ -52,14 +68,22 @@ def train_cmd(
         "--tune-budget", min=1, help="Seconds the recipe search may take (default: sized to the store, "
                                      "60 s + 0.4 ms per interaction, at most 40 min)")] = None,
     trials: Annotated[int | None, typer.Option("--trials", min=1, help="At most this many search trials")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Train even when no data arrived since the champion's "
+                                                        "data_end")] = False,
+    wait: Annotated[float, typer.Option("--wait", min=0, help="Seconds to wait for a training of the same home "
+                                                              "that is still running (default: stop at once, "
+                                                              "exit 2)")] = 0,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Search for the best recipe on a validation cut (unless --no-tune), fit it, evaluate it once on the
-    test part, refit on all data, register, and gate promotion."""
+    test part, refit on all data, register, and gate promotion.
+
+    Exit 0: promoted, registered with --no-promote, or nothing to do (no new data; --force trains
+    anyway); 3: trained but the gate kept the champion; 2: bad input or another training running; 1: failure."""
     from training.config import load_config
     from training.search_space import FAMILIES
-    from training.train import TrainOptions, train
+    from training.train import NoNewData, TrainOptions, train, training_lock
 
     if spark_master is not None and engine is not Engine.spark:
         raise fail("--spark-master needs --engine spark")
@@ -69,11 +93,19 @@ def train_cmd(
         options = TrainOptions(config=cfg, test_days=test_days, seed=seed, promote=not no_promote,
                                tolerance=tolerance, rural_floor=rural_floor, report=report,
                                candidate_users=candidate_users, tune=tune, tune_budget=tune_budget,
-                               tune_trials=trials, families=(model.value,) if model else FAMILIES)
+                               tune_trials=trials, families=(model.value,) if model else FAMILIES,
+                               only_new_data=not force and not no_promote)
         run = train if engine is Engine.implicit else _spark_trainer(spark_master)
-        with stderr_console().status("training") as status:
-            result = run(home_of(home), options, progress=lambda step: status.update(f"[bold]{step}"))
+        engine_home = home_of(home)
+        try:
+            with training_lock(engine_home, wait), stderr_console().status("training") as status:
+                result = run(engine_home, options, progress=lambda step: status.update(f"[bold]{step}"))
+        except NoNewData as nothing:
+            emit(nothing.to_dict(), as_json, lambda summary: out.print(summary["message"], markup=False))
+            return
     emit(result.to_dict(), as_json, _render_train)
+    if result.refused:
+        raise typer.Exit(EXIT_REFUSED)
 
 
 def _spark_trainer(master: str | None) -> Callable[..., Any]:
@@ -101,6 +133,7 @@ def _render_train(summary: dict[str, Any]) -> None:
     out.print(f"split: {summary['split']}", markup=False)
     for note in summary.get("notes", []):
         out.print(f"[yellow]note:[/yellow] {escape(note)}")
+    render_health(summary.get("health"))
     verdict = "[green]promoted to champion[/green]" if summary["promoted"] else "[yellow]not promoted[/yellow]"
     out.print(f"{verdict} (champion: {summary['champion']}); " + "; ".join(summary["gate"]["reasons"]))
     out.print(f"run {summary['run_id']} in {summary['seconds']} s")
@@ -119,6 +152,18 @@ def _render_tuning(tuning: dict[str, Any] | None) -> None:
               f"{tuning['best_validation_ndcg@10'] or 0:.4f}{versus}", markup=False)
 
 
+def render_health(report: dict[str, Any] | None) -> None:
+    """The data-health warnings of a run (newest week against the one before), or one line saying none."""
+    if report is None:
+        return
+    warnings = report["warnings"]
+    if not warnings:
+        out.print(f"data health: newest {report['window_days']:g} days in line with the {report['window_days']:g} "
+                  "before", markup=False)
+    for warning in warnings:
+        out.print(f"[yellow]data health warning:[/yellow] {escape(warning)}")
+
+
 def promote_cmd(version: Annotated[str, typer.Option("--version", help="Version to make champion")],
                 home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Make a registered version the champion (bypasses the gate; recorded for rollback).
@@ -134,29 +179,54 @@ def promote_cmd(version: Annotated[str, typer.Option("--version", help="Version 
     emit({"champion": version, "previous": previous}, as_json)
 
 
-def rollback_cmd(home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """Move champion back to the previous champion (refused, exit 2, if that version's bundle is missing or broken)."""
+def rollback_cmd(to: Annotated[str | None, typer.Option(
+                    "--to", help="Previous champion to return to (default: the one before the current)")] = None,
+                home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Move champion back to the previous champion, or --to an older one (refused, exit 2, if that
+    version's bundle is missing or broken, or there is nothing to roll back to)."""
     from training import registry
 
     with user_errors():
         client = registry.connect(home_of(home))
-        was, now = registry.rollback(client, check=True)
+        was, now = registry.rollback(client, check=True, to=to)
     emit({"champion": now, "previous": was}, as_json)
 
 
-def models_cmd(home: HomeOption = None, as_json: JsonOption = False) -> None:
-    """List registered versions, their aliases and key metrics."""
+def models_cmd(history: Annotated[bool, typer.Option("--history", help="Also list every move of champion")] = False,
+               home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """List registered versions, their aliases and key metrics (--history: and the champion's moves)."""
     from training import registry
 
     with user_errors():
         client = registry.connect(home_of(home))
-    rows = [v.to_dict() for v in registry.versions(client)]
+        rows = [v.to_dict() for v in registry.versions(client)]
+        moves = registry.champion_log(client) if history else None
     if as_json:
-        emit({"versions": rows}, True)
+        emit({"versions": rows, **({"history": moves} if moves is not None else {})}, True)
         return
+    _render_versions(rows)
+    if moves is not None:
+        _render_history(moves)
+
+
+def _render_history(moves: list[dict[str, Any]]) -> None:
+    table = Table(title="champion history (oldest first)")
+    for column in ("when", "champion", "previous", "by"):
+        table.add_column(column, no_wrap=True)
+    for move in moves:
+        table.add_row(str(move.get("at", "")), str(move.get("version", "")), str(move.get("previous") or "-"),
+                      str(move.get("by", "")))
+    out.print(table)
+    if not moves:
+        out.print("no champion moves recorded yet", markup=False)
+
+
+def _render_versions(rows: list[dict[str, Any]]) -> None:
     table = Table(title="cultural-recsys versions")
     for column in ("version", "aliases", "model", "ndcg@10", "rural/urban", "created"):
-        table.add_column(column)
+        # aliases in full: a cut "champ…" is no use to an operator deciding a rollback
+        table.add_column(column, no_wrap=column != "aliases", overflow="fold", min_width=len("candidate,champion")
+                         if column == "aliases" else None)
     for row in rows:
         tags = row["tags"]
         created = datetime.fromtimestamp(row["created"] / 1000, UTC).strftime("%Y-%m-%d %H:%M")
