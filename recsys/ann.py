@@ -28,12 +28,15 @@ lists, since the next allowed items lie farther from the query; after ``max_roun
 filter allows fewer than ``n`` items in the lists scanned) the request is scored exactly,
 so a filter is never violated and a list is never short because of the index.
 
-The hybrid model gets the same treatment through its ALS part: the index gives the
-collaborative candidates, the content and popularity terms give theirs (cheap: one sparse
-product, one stored vector), and the hybrid is scored exactly on that union only. The
-union's top ``n`` is the exact top ``n`` when it beats the best score an item outside the
-three lists could reach (Fagin's threshold: each term's weight times that list's last
-value); otherwise the lists grow, and after ``max_rounds`` the user is scored in full.
+Which models get an index, and how they are searched, is what the model says of itself
+(:meth:`recsys.models.base.Recommender.factor_view` and ``factor_blend``), never its class.
+A model whose score blends its factors with other terms (the hybrid: its ALS part with
+content and popularity) gets the same treatment through its factors: the index gives the
+collaborative candidates, each other term gives its own (cheap: one sparse product, one
+stored vector), and the blend is scored exactly on that union only. The union's top ``n``
+is the exact top ``n`` when it beats the best score an item outside the lists could reach
+(Fagin's threshold: each term's weight times that list's last value); otherwise the lists
+grow, and after ``max_rounds`` the user is scored in full.
 
 Storage: ``ann.index`` (``faiss.write_index``; no pickle) and ``ann.json`` (parameters and
 the shape it was built for) inside the bundle directory.
@@ -51,15 +54,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import Recommender
-from recsys.models.factors import FactorModel
-from recsys.models.hybrid import HybridModel
+from recsys.models.base import FactorBlend, Recommender
 from recsys.ranking import top_k
 from recsys.settings import AnnSettings
 
@@ -199,18 +200,9 @@ def has_index(directory: Path) -> bool:
 
 
 # ---- which models get one --------------------------------------------------------------
-def factor_part(model: Recommender) -> FactorModel | None:
-    """The part of ``model`` whose scores are user · item factors: itself, a hybrid's ALS, or None."""
-    if isinstance(model, FactorModel):
-        return model
-    # a blend of two collaborative parts has no single factor view: scored exactly
-    cf = getattr(model, "cf", None) if isinstance(model, HybridModel) and not model.blended else None
-    return cf if isinstance(cf, FactorModel) else None
-
-
 def build_for(model: Recommender, n_items: int, settings: AnnSettings) -> InnerProductIndex | None:
     """The index for ``model`` when its catalog is large enough and it has factors, else None."""
-    part = factor_part(model)
+    part = model.factor_view()
     if part is None or n_items < settings.min_items or not part.known_items.any():
         return None
     return InnerProductIndex.build(part.item_factors, part.known_items, settings)
@@ -220,7 +212,7 @@ def load_for(model: Recommender, directory: Path) -> InnerProductIndex | None:
     """The index stored in ``directory`` for ``model``, or None when there is none."""
     if not has_index(directory):
         return None
-    part = factor_part(model)
+    part = model.factor_view()
     if part is None:
         raise AnnError(f"{directory} holds an ANN index but model {model.name!r} has no item factors")
     return InnerProductIndex.load(directory, part.item_factors, part.known_items)
@@ -340,59 +332,65 @@ def approximate_top_n(model: Recommender, index: InnerProductIndex, users: np.nd
     as in ``model.score``; ``exclude`` per-row items to drop, e.g. histories): (rows, n) item
     indices padded with -1 and the model's scores padded with nan.
 
-    A factor model is searched in one batch; a hybrid user by user (:func:`hybrid_top_n`).
+    A model whose score is its factors' inner products is searched in one batch; a model that
+    blends them with other terms (:meth:`recsys.models.base.Recommender.factor_blend`) user by
+    user (:func:`blend_top_n`).
     """
     users = model.check_rows(users, history)
-    if isinstance(model, HybridModel) and factor_part(model) is not None:
-        items = np.full((len(users), n), -1, dtype=np.int64)
-        values = np.full((len(users), n), np.nan, dtype=np.float32)
-        for row in range(len(users)):
-            allowed = allowed_mask
-            if exclude is not None:
-                allowed = allowed_mask.copy()
-                allowed[exclude.indices[exclude.indptr[row]:exclude.indptr[row + 1]]] = False
-            best, scores = hybrid_top_n(model, index, users[row:row + 1], history[row], allowed, n)
-            items[row, : len(best)], values[row, : len(best)] = best, scores
-        return items, values
-    part = factor_part(model)
-    if part is None:
+    view = model.factor_view()
+    if view is None:
         raise AnnError(f"model {model.name!r} has no item factors to search")
-    return ann_top_n_batch(index, part.user_vectors(users, history), allowed_mask, n, exclude)
+    # asked of the first user only to learn whether the model blends: reused for that user below
+    first = model.factor_blend(users[:1], history[:1]) if len(users) else None
+    if first is None:
+        return ann_top_n_batch(index, view.user_vectors(users, history), allowed_mask, n, exclude)
+    items = np.full((len(users), n), -1, dtype=np.int64)
+    values = np.full((len(users), n), np.nan, dtype=np.float32)
+    for row in range(len(users)):
+        allowed = allowed_mask
+        if exclude is not None:
+            allowed = allowed_mask.copy()
+            allowed[exclude.indices[exclude.indptr[row]:exclude.indptr[row + 1]]] = False
+        best, scores = blend_top_n(model, index, users[row:row + 1], history[row], allowed, n,
+                                   blend=first if row == 0 else None)
+        items[row, : len(best)], values[row, : len(best)] = best, scores
+    return items, values
 
 
-# ---- the hybrid on its candidates --------------------------------------------------------
-def hybrid_top_n(model: HybridModel, index: InnerProductIndex, users: np.ndarray, history: sp.csr_matrix,
-                 allowed_mask: np.ndarray, n: int, overfetch: int | None = None,
-                 max_rounds: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The hybrid's ``n`` best allowed items for one user (``users`` and ``history`` as in
-    ``model.score``, one row), with the hybrid's exact scores, best first.
+# ---- a blended score on its candidates ---------------------------------------------------
+def blend_top_n(model: Recommender, index: InnerProductIndex, users: np.ndarray, history: sp.csr_matrix,
+                allowed_mask: np.ndarray, n: int, overfetch: int | None = None,
+                max_rounds: int | None = None, blend: FactorBlend | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` best allowed items for one user (``users`` and ``history`` as in
+    ``model.score``, one row) of a model whose score blends its factors with other terms,
+    with the model's exact scores, best first. ``blend`` is the user's
+    :meth:`~recsys.models.base.Recommender.factor_blend` when the caller has it.
 
-    Candidates: the index's best allowed collaborative items, the best allowed content
-    matches and the best allowed popular items, ``n x overfetch`` of each; the hybrid is
-    scored on their union. The result is final when its ``n``-th score reaches the
-    threshold no item outside the lists can pass; else the lists grow by ``overfetch``,
-    and after ``max_rounds`` the user is scored in full.
+    Candidates: the index's best allowed collaborative items and each term's best allowed
+    items, ``n x overfetch`` of each; the blend is scored on their union. The result is
+    final when its ``n``-th score reaches the threshold no item outside the lists can pass;
+    else the lists grow by ``overfetch``, and after ``max_rounds`` the user is scored in full.
     """
     users = model.check_rows(users, history)
     if len(users) != 1:
-        raise ValueError(f"hybrid_top_n ranks one user at a time, got {len(users)}")
+        raise ValueError(f"blend_top_n ranks one user at a time, got {len(users)}")
     overfetch, max_rounds = overfetch or index.overfetch, max_rounds or index.max_rounds
-    terms = _HybridTerms.of(model, index, users, history)
+    terms = _BlendTerms.of(model, index, users, history, blend)
     k = n * overfetch
     for _ in range(max_rounds):
         found = _allowed_top(index, terms.vector, allowed_mask, k, overfetch, max_rounds)
         terms.cf_peak = _cf_peak(found.best_any, index.known)
-        content_best = top_k(terms.content, k, allowed_mask)
-        popular_best = top_k(terms.popularity, k, allowed_mask)
-        candidates = np.unique(np.concatenate([found.items, content_best, popular_best]))
+        term_best = [top_k(scores, k, allowed_mask) for _, scores in terms.blend.terms]
+        candidates = np.unique(np.concatenate([found.items, *term_best]))
         combined = terms.combined(candidates)
         items, scores = _ranked(candidates, combined, n)
-        # content and popularity score every item: a list shorter than k holds every allowed one
-        if len(content_best) < k or len(popular_best) < k:
+        # the other terms score every item: a list shorter than k holds every allowed one
+        if any(len(best) < k for best in term_best):
             return items, scores
         # a collaborative list shorter than k holds every allowed known item: outside it, cf is 0
         cf_last = found.scores[-1] if len(found.items) == k else 0.0
-        outside = terms.bound(cf_last, terms.content[content_best[-1]], terms.popularity[popular_best[-1]])
+        outside = terms.bound(cf_last, [values[best[-1]] for (_, values), best in zip(terms.blend.terms, term_best,
+                                                                                      strict=True)])
         if len(items) == n and scores[-1] >= outside:
             return items, scores
         k *= overfetch
@@ -402,26 +400,23 @@ def hybrid_top_n(model: HybridModel, index: InnerProductIndex, users: np.ndarray
 
 
 @dataclass
-class _HybridTerms:
-    """One user's hybrid terms as the full ``HybridModel.score`` computes them, the collaborative
-    one only where asked (its normaliser, the best collaborative score, comes from the index)."""
+class _BlendTerms:
+    """One user's blended terms as the model's full score computes them, the collaborative one
+    only where asked (its normaliser, the best collaborative score, comes from the index)."""
 
-    model: HybridModel
+    blend: FactorBlend
     index: InnerProductIndex
     vector: np.ndarray
-    content: np.ndarray
-    popularity: np.ndarray
     cf_peak: float = 0.0
 
     @classmethod
-    def of(cls, model: HybridModel, index: InnerProductIndex, users: np.ndarray,
-           history: sp.csr_matrix) -> _HybridTerms:
-        vector = cast(FactorModel, model.cf).user_vectors(users, history)[0]  # an index exists: cf has factors
-        content = model.content_scores(history)[0]
-        popularity = model.popularity.score(users, history)[0]
-        peak = popularity.max() if len(popularity) else 0.0
-        normalised = np.divide(popularity, peak, out=np.zeros_like(popularity), where=peak > 0)
-        return cls(model, index, vector, content, normalised.astype(np.float32))
+    def of(cls, model: Recommender, index: InnerProductIndex, users: np.ndarray, history: sp.csr_matrix,
+           blend: FactorBlend | None = None) -> _BlendTerms:
+        view = model.factor_view()
+        blend = blend if blend is not None else model.factor_blend(users, history)
+        if view is None or blend is None:
+            raise AnnError(f"model {model.name!r} does not blend item factors with other terms")
+        return cls(blend, index, view.user_vectors(users, history)[0])
 
     def cf(self, items: np.ndarray) -> np.ndarray:
         """Normalised collaborative scores of ``items`` (0 for items the model never saw)."""
@@ -433,21 +428,23 @@ class _HybridTerms:
         return (raw / np.float32(self.cf_peak)).astype(np.float32)
 
     def combined(self, items: np.ndarray) -> np.ndarray:
-        cfg = self.model.config
-        scores: np.ndarray = (cfg.cf_weight * self.cf(items) + cfg.content_weight * self.content[items]
-                              + cfg.popularity_weight * self.popularity[items]).astype(np.float32)
-        return scores
+        scores: np.ndarray = self.blend.factor_weight * self.cf(items)
+        for weight, values in self.blend.terms:  # summed in the blend's order, as the full score sums
+            scores = scores + weight * values[items]
+        return scores.astype(np.float32)
 
-    def bound(self, cf_last: float, content_last: float, popularity_last: float) -> float:
-        """The best hybrid score an item outside all three lists can have."""
-        cfg = self.model.config
+    def bound(self, cf_last: float, terms_last: list[float]) -> float:
+        """The best blended score an item outside every list can have (``terms_last``: each
+        term's value at the end of its list)."""
         cf_outside = max(float(cf_last), 0.0) / self.cf_peak if self.cf_peak > 0 else 0.0
-        return cfg.cf_weight * cf_outside + cfg.content_weight * float(content_last) \
-            + cfg.popularity_weight * float(popularity_last)
+        bound = self.blend.factor_weight * cf_outside
+        for (weight, _), last in zip(self.blend.terms, terms_last, strict=True):
+            bound += weight * float(last)
+        return bound
 
 
 def _cf_peak(best_known: float, known: np.ndarray) -> float:
-    """The row maximum ``HybridModel`` normalises by: unseen items count as 0 there."""
+    """The row maximum a :class:`~recsys.models.base.FactorBlend` normalises by: unseen items count as 0 there."""
     return max(best_known, 0.0) if not known.all() else best_known
 
 

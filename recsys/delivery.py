@@ -34,6 +34,7 @@ from recsys.ann import approximate_top_n
 from recsys.bundle import ModelBundle
 from recsys.candidates import NOT_ANCHORED, Candidates
 from recsys.confidence import to_confidence
+from recsys.models.base import PopularityScores, TrainingData
 from recsys.models.popularity import PopularityModel
 from recsys.query import Filters, RecommendationList, Recommended, UnknownItem, UnknownRegion, UserContext
 from recsys.ranking import mmr, top_k, top_k_batch
@@ -314,7 +315,7 @@ class DeliveryEngine:
             scores = self.model.score(chunk, self.confidence(weights))
             cold = np.flatnonzero(np.diff(weights.indptr) == 0)
             if len(cold):
-                scores[cold] = PopularityModel.score(self.popularity, chunk[cold], weights[cold])
+                scores[cold] = self.popularity.score(chunk[cold], weights[cold])
             best = top_k_batch(scores, n, allowed, exclude=weights)
             filled = best >= 0
             picked = np.take_along_axis(scores, np.where(filled, best, 0), axis=1)
@@ -340,7 +341,7 @@ class DeliveryEngine:
                 values[start + np.flatnonzero(warm)] = picked
             cold = np.flatnonzero(~warm)
             if len(cold):  # no history: segment popularity, as the exact path
-                scores = PopularityModel.score(self.popularity, chunk[cold], weights[cold])
+                scores = self.popularity.score(chunk[cold], weights[cold])
                 best = top_k_batch(scores, n, allowed)
                 filled = best >= 0
                 picked = np.take_along_axis(scores, np.where(filled, best, 0), axis=1)
@@ -349,15 +350,11 @@ class DeliveryEngine:
         return items, values
 
 
-def _popularity_of(bundle: ModelBundle) -> PopularityModel:
-    """The bundle's popularity component (hybrid has one; others get one from the weights)."""
-    inner = getattr(bundle.model, "popularity", None)
-    if isinstance(inner, PopularityModel):
-        return inner
-    if isinstance(bundle.model, PopularityModel):
-        return bundle.model
-    from recsys.models.base import TrainingData
-
+def _popularity_of(bundle: ModelBundle) -> PopularityScores:
+    """The popularity the bundle's model holds, else one fitted from the bundle's weights."""
+    own = bundle.model.popularity_part()
+    if own is not None:
+        return own
     data = TrainingData(bundle.weights, bundle.weights, bundle.catalog, bundle.users)
     return PopularityModel().fit(data)
 

@@ -20,8 +20,8 @@ from recsys.ann import (
     InnerProductIndex,
     ann_top_n,
     ann_top_n_batch,
+    blend_top_n,
     build_for,
-    hybrid_top_n,
 )
 from recsys.bundle import ModelBundle
 from recsys.candidate_scoring import precompute_candidates
@@ -212,7 +212,7 @@ def test_build_for_respects_the_catalog_threshold_and_model_kind(taste: Training
     assert build_for(itemknn, MODEL_ITEMS, AnnSettings(min_items=0)) is None
 
 
-def test_hybrid_top_n_matches_full_hybrid_scoring(taste: TrainingData, hybrid) -> None:
+def test_blend_top_n_matches_full_hybrid_scoring(taste: TrainingData, hybrid) -> None:
     index = build_for(hybrid, MODEL_ITEMS, AnnSettings(min_items=0))
     available = np.random.default_rng(8).random(MODEL_ITEMS) > 0.2
     overlaps = []
@@ -222,7 +222,7 @@ def test_hybrid_top_n_matches_full_hybrid_scoring(taste: TrainingData, hybrid) -
         allowed[history.indices] = False
         full = hybrid.score(np.array([row]), history)[0]
         expected = top_k(full, 10, allowed)
-        found, scores = hybrid_top_n(hybrid, index, np.array([row]), history, allowed, 10)
+        found, scores = blend_top_n(hybrid, index, np.array([row]), history, allowed, 10)
         assert allowed[found].all()
         np.testing.assert_allclose(scores, full[found], rtol=1e-4, atol=1e-6)  # the hybrid's own scores
         overlaps.append(recall(found, expected))

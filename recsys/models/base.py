@@ -12,6 +12,12 @@ Conventions:
   ``-inf`` marks items the model cannot score (e.g. a pure collaborative model and an item
   nobody has interacted with yet).
 - Models persist as ``model.npz`` (``allow_pickle=False``) + ``model.json``; never pickle.
+- What ranking code needs beyond scores it asks the model for, never its class: the factors
+  an approximate index can search (:meth:`Recommender.factor_view`, with
+  :meth:`Recommender.factor_blend` when the score adds other terms to them) and the
+  popularity the fallbacks rank by (:meth:`Recommender.popularity_part`). A new model
+  answers these (or keeps the defaults: exact scoring, popularity fitted from the data) and
+  needs no change to ranking, delivery or the index.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -56,6 +62,51 @@ class TrainingData:
         """Items with at least one training interaction."""
         known: np.ndarray = np.diff(self.matrix.tocsc().indptr) > 0
         return known
+
+
+class FactorView(Protocol):
+    """User and item factors whose inner products are a model's collaborative scores: what an
+    approximate inner-product index (:mod:`recsys.ann`) is built over and searches with."""
+
+    item_factors: np.ndarray
+    """float32 (n_items, k)."""
+    known_items: np.ndarray
+    """bool (n_items,): items the factors were learned for; the others score ``-inf``."""
+
+    def user_vectors(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
+        """(len(users), k) factors, ``users`` and ``history`` as in :meth:`Recommender.score`."""
+        ...
+
+
+@dataclass(frozen=True)
+class FactorBlend:
+    """One user's score as a blend around a model's :class:`FactorView`:
+    ``factor_weight`` x the view's inner products divided by the user's best one (items the
+    view does not know count as 0 there, and score 0), plus ``weight x scores`` of each term
+    (dense over the catalog, finite)."""
+
+    factor_weight: float
+    terms: tuple[tuple[float, np.ndarray], ...]
+
+
+class PopularityScores(Protocol):
+    """Popularity, the fallback ranking for a user or region a model cannot personalise."""
+
+    def global_scores(self) -> np.ndarray:
+        """Over the whole city, one score per item."""
+        ...
+
+    def segment_scores(self, region: str | None, age_band: str | None) -> np.ndarray | None:
+        """Within region x age band, or None if that segment is unknown or empty."""
+        ...
+
+    def region_scores(self, region: str | None) -> np.ndarray | None:
+        """Within a region, or None if it is unknown or empty."""
+        ...
+
+    def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
+        """Each user's segment popularity, as :meth:`Recommender.score`."""
+        ...
 
 
 class ModelConfig(BaseModel):
@@ -103,6 +154,23 @@ class Recommender(ABC):
             if similarity is not None:
                 out[row] = similarity[others]
         return out
+
+    # ---- what ranking asks of a model -------------------------------------------------
+    def factor_view(self) -> FactorView | None:
+        """The factors behind the model's scores that an approximate index may search, or None
+        (the default): the model has none, and is always scored exactly."""
+        return None
+
+    def factor_blend(self, users: np.ndarray, history: sp.csr_matrix) -> FactorBlend | None:
+        """Asked only of a model with a :meth:`factor_view`, for one user (``users`` and
+        ``history`` one row, as in :meth:`score`): None (the default) when the score is the
+        view's inner products themselves; else how the score blends them with other terms."""
+        return None
+
+    def popularity_part(self) -> PopularityScores | None:
+        """The popularity the model holds (the model itself, or a part of it), for the
+        fallbacks; None (the default): the caller fits one from the same data."""
+        return None
 
     # ---- persistence -----------------------------------------------------------------
     @abstractmethod

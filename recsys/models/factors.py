@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import Recommender, cosine_pairs, inverse_norms
+from recsys.models.base import FactorView, Recommender, cosine_pairs, inverse_norms
 
 
 def fold_in(history: sp.csr_matrix, item_factors: np.ndarray, regularization: float) -> np.ndarray:
@@ -60,6 +60,10 @@ class FactorModel(Recommender):
         scores: np.ndarray = self.user_vectors(users, history) @ self.item_factors.T
         scores[:, ~self.known_items] = -np.inf  # nothing learned about these items
         return scores.astype(np.float32, copy=False)
+
+    def factor_view(self) -> FactorView:
+        """The model itself: its scores are exactly these inner products."""
+        return self
 
     def item_similarity(self, item: int) -> np.ndarray | None:
         if not self.known_items[item]:

@@ -24,7 +24,17 @@ import scipy.sparse as sp
 from pydantic import Field, model_validator
 
 from recsys.models.als import ALSConfig, ALSModel
-from recsys.models.base import ModelConfig, Recommender, TrainingData, csr_arrays, csr_from, sparse_row_dots
+from recsys.models.base import (
+    FactorBlend,
+    FactorView,
+    ModelConfig,
+    PopularityScores,
+    Recommender,
+    TrainingData,
+    csr_arrays,
+    csr_from,
+    sparse_row_dots,
+)
 from recsys.models.ease import EASEConfig, EASEModel
 from recsys.models.itemknn import ItemKNNConfig, ItemKNNModel
 from recsys.models.popularity import PopularityConfig, PopularityModel
@@ -118,6 +128,24 @@ class HybridModel(Recommender):
         if self.blended:
             combined += cfg.cf2_weight * parts["cf2"]
         return combined.astype(np.float32, copy=False)
+
+    def factor_view(self) -> FactorView | None:
+        """The collaborative part's factors, when it has them; a blend of two collaborative
+        parts has no single factor view, so it is scored exactly."""
+        return None if self.blended else self.cf.factor_view()
+
+    def factor_blend(self, users: np.ndarray, history: sp.csr_matrix) -> FactorBlend:
+        """The collaborative term around the factor view, and the content and popularity terms
+        as :meth:`score` computes them for this one user."""
+        popularity = self.popularity.score(users, history)[0]
+        peak = popularity.max() if len(popularity) else 0.0
+        normalised = np.divide(popularity, peak, out=np.zeros_like(popularity), where=peak > 0)
+        cfg = self.config
+        return FactorBlend(cfg.cf_weight, ((cfg.content_weight, self.content_scores(history)[0]),
+                                           (cfg.popularity_weight, normalised.astype(np.float32))))
+
+    def popularity_part(self) -> PopularityScores:
+        return self.popularity
 
     def item_similarity(self, item: int) -> np.ndarray | None:
         content = np.asarray((self.facets @ self.facets[item].T).todense()).ravel().astype(np.float32)

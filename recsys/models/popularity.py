@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recsys.models.base import ModelConfig, Recommender, TrainingData
+from recsys.models.base import ModelConfig, PopularityScores, Recommender, TrainingData
 from recsys.vocab import code_of
 
 
@@ -103,6 +103,9 @@ class PopularityModel(Recommender):
             if shrunk is not None:
                 scores[segments == segment] = shrunk
         return scores
+
+    def popularity_part(self) -> PopularityScores:
+        return self
 
     def item_similarity_matrix(self, items: np.ndarray, others: np.ndarray) -> np.ndarray:
         """No notion of item similarity: all NaN, without asking item by item."""
