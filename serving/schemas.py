@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from recsys.home import CHAMPION, REGISTERED_MODEL
+
 Fallback = Literal["segment_popularity", "region_popularity", "popularity"]
 
 
@@ -71,7 +73,7 @@ class InteractionsAccepted(BaseModel):
 
 class ModelInfo(BaseModel):
     model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [{
-        "version": "7", "alias": "champion", "name": "cultural-recsys", "model": "hybrid",
+        "version": "7", "alias": CHAMPION, "name": REGISTERED_MODEL, "model": "hybrid",
         "trained_at": "2026-11-16T02:00:00+00:00", "data_end": "2026-11-15 23:58:10+08:00",
         "source": "registry", "degraded": None,
         "loaded_at": "2026-11-16T02:05:00+00:00", "n_users": 1000000, "n_items": 20000,
