@@ -31,6 +31,7 @@ from polars.io.plugins import register_io_source
 
 from features import poisoning, schemas
 from features.validate import QUARANTINE
+from recsys import appendlog
 from recsys.home import EngineHome
 
 log = logging.getLogger(__name__)
@@ -63,17 +64,20 @@ def read_log(home: EngineHome) -> LogRead:
     path = home.ingest_log
     if not path.exists():
         return LogRead(exists=False)
-    data = path.read_bytes()
-    lines = data.split(b"\n")
+    read = appendlog.read_all_lines(path)
     entries, bad, torn = [], [], False
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(read.lines, start=1):
         if not line.strip():
             continue
         entry = _log_entry(line)
-        if entry is not None:
-            entries.append(entry)
-        elif number < len(lines):  # a complete line (a newline follows it)
+        if entry is None:
             bad.append(number)
+        else:
+            entries.append(entry)
+    if read.tail.strip():
+        entry = _log_entry(read.tail)
+        if entry is not None:  # whole but for its newline: the writer's next recover() finishes it
+            entries.append(entry)
         else:  # the writer's next recover() cuts it
             log.debug("skipping the torn last line of %s (a crash mid-append)", path)
             torn = True
@@ -130,23 +134,6 @@ def doubt(home: EngineHome, read: LogRead) -> str | None:
     return None
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """All complete JSON lines of a file; a torn last line (crash mid-append) is skipped."""
-    if not path.exists():
-        return []
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("skipping torn line %d of %s", number, path)
-    return records
-
-
 def ingest_log(home: EngineHome) -> list[dict]:
     """Every committed ingest, oldest first.
 
@@ -165,8 +152,8 @@ def committed_ingest_ids(home: EngineHome) -> set[str]:
 
 
 def erased_users(home: EngineHome) -> set[str]:
-    """Users erased on request whose rows may still sit in data files."""
-    return {entry["user_id"] for entry in read_jsonl(home.tombstones) if "user_id" in entry}
+    """Users erased on request whose rows may still sit in data files (:mod:`recsys.appendlog`'s rule)."""
+    return {tombstone.user_id for tombstone in appendlog.read_tombstones(home.tombstones)[0]}
 
 
 def retired_files(entries: list[dict]) -> set[str]:

@@ -41,6 +41,7 @@ from pathlib import Path
 import polars as pl
 
 from features import store
+from recsys import appendlog
 from recsys.durable import fsync_dir, fsync_file
 from recsys.home import EngineHome
 
@@ -88,15 +89,8 @@ def write_parquet_durably(frame: pl.DataFrame, path: Path) -> list[Path]:
 
 
 def append_log_line(home: EngineHome, entry: dict) -> None:
-    """Append one JSON line to the ingest log in a single write, then flush and fsync it."""
-    created = not home.ingest_log.exists()
-    line = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-    with open(home.ingest_log, "ab") as fh:
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if created:
-        fsync_dir(home.store)
+    """Append one JSON line to the ingest log in a single write, then fsync it (the commit point)."""
+    appendlog.append_line(home.ingest_log, (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
 
 
 def _side_file(target: Path, ingest_id: str, kind: str) -> Path:
@@ -241,25 +235,18 @@ def delete_retired(home: EngineHome, retires: Iterable[str]) -> int:
 
 def _repair_log_tail(home: EngineHome) -> None:
     """A crash mid-append leaves a line without newline: keep it if complete, else cut it."""
-    path = home.ingest_log
-    if not path.exists() or path.stat().st_size == 0:
+    read = appendlog.read_all_lines(home.ingest_log)
+    if not read.tail:
         return
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return
-    cut = data.rfind(b"\n") + 1
     try:
-        complete = isinstance(json.loads(data[cut:]), dict)
+        complete = isinstance(json.loads(read.tail), dict)
     except ValueError:
         complete = False
     if complete:  # readers already count it: finish the line
-        with open(path, "ab") as fh:
-            fh.write(b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        appendlog.append_line(home.ingest_log, b"\n")
     else:
-        log.warning("dropping a torn ingest log line (%d bytes)", len(data) - cut)
-        _truncate(path, cut)
+        log.warning("dropping a torn ingest log line (%d bytes)", len(read.tail))
+        _truncate(home.ingest_log, read.end)
 
 
 def recover(home: EngineHome) -> None:

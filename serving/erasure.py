@@ -1,7 +1,8 @@
 """Right to erasure in the server: tombstones, and serving an erased user as a stranger.
 
 ``DELETE /v1/users/{user_id}`` appends ``{"user_id", "erased_at"}`` to the store's
-``tombstones.jsonl`` (one write, fsynced before the answer) through :class:`ErasedUsers`,
+``tombstones.jsonl`` (one write, fsynced before the answer; the file's format and reading
+rule are :mod:`recsys.appendlog`'s) through :class:`ErasedUsers`,
 which also keeps the set of erased ids in memory. Every worker process follows the file on
 its own (a ``stat`` at most every ``refresh_seconds``), so an erasure that reached one worker
 reaches the others within that delay; each newly seen id is handed to ``on_erased`` (the
@@ -18,18 +19,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.segments import append_line_durably
+from recsys.appendlog import Shrunk, Tombstone, append_tombstone, read_tombstones
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ class ErasedUsers:
             if user_id in self._erased_at:
                 return self._erased_at[user_id], False
             erased_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-            append_line_durably(self.path, {"user_id": user_id, "erased_at": erased_at})
+            append_tombstone(self.path, Tombstone(user_id, erased_at))
             self._erased_at[user_id] = erased_at
         self._announce([user_id])
         return erased_at, True
@@ -88,25 +87,14 @@ class ErasedUsers:
     def _refresh_locked(self) -> list[str]:
         self._checked = time.monotonic()
         try:
-            size = os.stat(self.path).st_size
-        except FileNotFoundError:
-            return []
-        if size < self._offset:  # replaced by an operator: read it again from the start
-            self._offset = 0
-        if size == self._offset:
-            return []
-        with open(self.path, "rb") as fh:
-            fh.seek(self._offset)
-            chunk = fh.read(size - self._offset)
-        complete = chunk.rfind(b"\n") + 1  # a line still being written is read next time
-        self._offset += complete
+            tombstones, self._offset = read_tombstones(self.path, self._offset)
+        except Shrunk:  # replaced by an operator: read it again from the start
+            tombstones, self._offset = read_tombstones(self.path)
         fresh = []
-        for line in chunk[:complete].splitlines():
-            record = _record(line)
-            user_id = record.get("user_id") if record else None
-            if isinstance(user_id, str) and user_id not in self._erased_at:
-                self._erased_at[user_id] = str(record.get("erased_at", ""))
-                fresh.append(user_id)
+        for tombstone in tombstones:
+            if tombstone.user_id not in self._erased_at:
+                self._erased_at[tombstone.user_id] = tombstone.erased_at
+                fresh.append(tombstone.user_id)
         return fresh
 
     def _announce(self, user_ids: list[str]) -> None:
@@ -114,16 +102,6 @@ class ErasedUsers:
             return
         for user_id in user_ids:
             self.on_erased(user_id)
-
-
-def _record(line: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(line)
-    except ValueError:
-        if line.strip():
-            log.warning("skipping an unreadable tombstone line")
-        return None
-    return value if isinstance(value, dict) else None
 
 
 class ErasedAsUnknown:

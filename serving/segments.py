@@ -10,9 +10,6 @@ written with one ``write`` under a lock so concurrent requests never interleave 
 If a write fails halfway the file is cut back to the last whole batch, so a torn line can
 never glue itself to the next one. The other server processes of the same home read the
 file too (:mod:`serving.tail`), to fold its lines into their own live state.
-
-:func:`append_line_durably` is the same promise for a file that several processes append to
-(the store's ``tombstones.jsonl``).
 """
 
 from __future__ import annotations
@@ -93,24 +90,3 @@ class SegmentWriter:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-
-
-def append_line_durably(path: Path, record: Mapping[str, Any]) -> None:
-    """Append one JSON line to a file several processes may append to, and fsync it.
-
-    One ``write`` on an ``O_APPEND`` descriptor: concurrent appenders never interleave
-    within a line, and the line (and a newly created file's name) is on disk on return.
-    """
-    data = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        written = os.write(fd, data)
-        if written != len(data):  # a short write on a regular file means the disk is full
-            raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if created:
-        fsync_dir(path.parent)

@@ -49,12 +49,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from recsys import appendlog
 from recsys.contract import InteractionIn, latest_event_time, parse_timestamp
 from recsys.durable import fsync_dir
 from serving.config import ServingSettings
@@ -124,50 +125,30 @@ class SegmentTail:
         if stat.st_size == cursor.offset:
             return 0
         with open(path, "rb") as fh:
-            start = _line_start(fh, cursor.offset, stat.st_size)
+            start = appendlog.next_line_start(fh, cursor.offset, stat.st_size)
             if start is None:
                 return 0
             count, cursor.offset = _read_lines(fh, start, stat.st_size, handle)
         return count
 
 
-def _line_start(fh: Any, offset: int, size: int) -> int | None:
-    """``offset`` if a line starts there, else the start of the next line (None: none yet).
-
-    The offset always follows a newline we read, unless the file changed under it (a failed
-    write cut back and rewritten): then resynchronise instead of reading half a line.
-    """
-    if offset == 0:
-        return 0
-    fh.seek(offset - 1)
-    if fh.read(1) == b"\n":
-        return offset
-    rest = fh.read(size - offset)
-    newline = rest.find(b"\n")
-    if newline < 0:
-        return None
-    log.warning("skipping a partial line in %s at byte %d", fh.name, offset)
-    return offset + newline + 1
-
-
-def _read_lines(fh: Any, start: int, size: int, handle: Callable[[bytes], None]) -> tuple[int, int]:
+def _read_lines(fh: BinaryIO, start: int, size: int, handle: Callable[[bytes], None]) -> tuple[int, int]:
     """Hand over the complete lines in ``[start, size)``; returns (lines handled, offset after the last)."""
     position, count = start, 0
     while position < size:
-        fh.seek(position)
-        chunk = fh.read(min(READ_CHUNK_BYTES, size - position))
-        complete = chunk.rfind(b"\n") + 1
-        if complete == 0:
-            if len(chunk) < READ_CHUNK_BYTES:
+        read = appendlog.read_lines(fh, position, min(position + READ_CHUNK_BYTES, size))
+        if read.end == position:
+            if len(read.tail) < READ_CHUNK_BYTES:
                 break  # a line still being written (or a dead writer's torn tail): not ours yet
-            complete = len(chunk)  # no writer makes such a line; skip it rather than stall behind it
+            # no writer makes such a line; skip it rather than stall behind it
             log.warning("skipping a line longer than %d bytes in %s", READ_CHUNK_BYTES, fh.name)
-        else:
-            for line in chunk[:complete].split(b"\n")[:-1]:
-                if line.strip():  # a blank line is an erased user's line blanked by ingest
-                    handle(line)
-                    count += 1
-        position += complete
+            position += len(read.tail)
+            continue
+        for line in read.lines:
+            if line.strip():  # a blank line is an erased user's line blanked by ingest
+                handle(line)
+                count += 1
+        position = read.end
     return count, position
 
 
