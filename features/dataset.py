@@ -307,6 +307,7 @@ def catalog_from_frame(items: pl.DataFrame) -> Catalog:
         lat=items["lat"].to_list(), lon=items["lon"].to_list(),
         starts_at=_epoch(items, "starts_at"), ends_at=_epoch(items, "ends_at"),
         hidden=items["hidden"].fill_null(False).to_list(), venue=items["venue_id"].to_list(),
+        provider=items["provider"].to_list() if "provider" in items.columns else None,
     )
 
 

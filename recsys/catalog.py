@@ -41,6 +41,8 @@ class Catalog:
     ends_at: np.ndarray
     hidden: np.ndarray
     venue: list[str | None] = field(default_factory=list)
+    provider: list[str | None] = field(default_factory=list)
+    """Who supplies each item (exposure groups select by it); empty for a catalogue without the column."""
 
     @classmethod
     def from_columns(
@@ -58,6 +60,7 @@ class Catalog:
         ends_at: Sequence[float | None] | None = None,
         hidden: Sequence[bool | None] | None = None,
         venue: Sequence[str | None] | None = None,
+        provider: Sequence[str | None] | None = None,
     ) -> Catalog:
         """Build from plain columns; missing columns mean "unknown" for every item."""
         n = len(item_ids)
@@ -77,6 +80,7 @@ class Catalog:
             starts_at=_floats(starts_at, n), ends_at=_floats(ends_at, n),
             hidden=np.array([bool(h) for h in (hidden or [False] * n)], dtype=bool),
             venue=list(venue or nothing),
+            provider=list(provider or nothing),
         )
 
     def __len__(self) -> int:
@@ -159,7 +163,7 @@ class Catalog:
         meta = {
             "items": self.items.ids, "title": self.title, "kinds": self.kinds,
             "categories": self.categories, "regions": self.regions, "tag_names": self.tag_names,
-            "venue": self.venue,
+            "venue": self.venue, "provider": self.provider,
         }
         (directory / "catalog.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
 
@@ -178,7 +182,7 @@ class Catalog:
             kind=a["kind"], kinds=meta["kinds"], category=a["category"], categories=meta["categories"],
             region=a["region"], regions=meta["regions"], tags=tags, tag_names=meta["tag_names"],
             lat=a["lat"], lon=a["lon"], starts_at=a["starts_at"], ends_at=a["ends_at"],
-            hidden=a["hidden"], venue=meta["venue"],
+            hidden=a["hidden"], venue=meta["venue"], provider=meta.get("provider", []),
         )
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recsys.contract import ACTIONS
+from recsys.exposure import ExposureSettings
 
 DEFAULT_ACTION_WEIGHTS: dict[str, float] = {
     "view": 1.0, "click": 1.0, "favorite": 3.0, "share": 3.0, "reserve": 5.0, "attend": 8.0,
@@ -55,6 +56,8 @@ class EngineSettings(BaseSettings):
     rating_min: float = Field(-10.0, description="lowest `rate` value accepted (else rating_out_of_range)")
     rating_max: float = Field(10.0, description="highest `rate` value accepted (else rating_out_of_range)")
     ann: AnnSettings = Field(default_factory=AnnSettings)
+    exposure: ExposureSettings = Field(default_factory=ExposureSettings)
+    """Exposure floors of provider groups (the config's ``[exposure]`` table, recsys.exposure)."""
 
     @field_validator("action_weights")
     @classmethod
@@ -86,9 +89,18 @@ class EngineSettings(BaseSettings):
         values: dict[str, Any] = {}
         if path is not None:
             with open(path, "rb") as fh:
-                values.update(tomllib.load(fh).get("engine", {}))
+                values.update(engine_table(tomllib.load(fh)))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def engine_table(document: dict[str, Any]) -> dict[str, Any]:
+    """A config's ``[engine]`` table with its top-level ``[exposure]`` table folded in (floors are
+    policy rather than engine tuning, so they get their own table in the file)."""
+    engine = dict(document.get("engine", {}))
+    if "exposure" in document:
+        engine["exposure"] = document["exposure"]
+    return engine
 
 
 class HealthSettings(BaseSettings):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys import models
-from recsys.settings import EngineSettings
+from recsys.settings import EngineSettings, engine_table
 
 RECIPES_PACKAGE = "experiments"
 RECIPES_FOLDER = "configs"
@@ -61,8 +61,9 @@ class TrainConfig:
         return models.create(self.model, self.params).config.model_dump()
 
     def config_hash(self) -> str:
-        # the ANN index only speeds up serving the same model: not part of the recipe the gate compares
-        engine = self.engine.model_dump(exclude={"ann"})
+        # the ANN index only speeds up serving the same model, and the exposure floors re-rank its lists:
+        # neither is part of the recipe the gate compares
+        engine = self.engine.model_dump(exclude={"ann", "exposure"})
         recipe = {"model": self.model, "params": self.resolved_params, "engine": engine}
         return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -83,7 +84,7 @@ def load_config(path: Path | Traversable | None = None, model: str | None = None
         raw_params: dict[str, Any] = {}  # the file's params belong to another model
     else:
         raw_params = raw.get("params", {})
-    return TrainConfig(model=chosen, params=raw_params, engine=EngineSettings(**raw.get("engine", {})))
+    return TrainConfig(model=chosen, params=raw_params, engine=EngineSettings(**engine_table(raw)))
 
 
 def config_from_dict(recipe: dict[str, Any]) -> TrainConfig:

@@ -4,7 +4,9 @@ Recommendations are produced as they would have been served at the cutoff (no en
 hidden items, no already-engaged items) for every user with test truth, and scored with
 ``recsys.metrics``: accuracy at 10 and 20, coverage, novelty, category diversity,
 cold-item recall, NDCG@10 per segment (area type, age band, region), the rural/urban NDCG
-ratio, and the share of slots going to rural-venue items against their catalog share.
+ratio, and the share of slots going to rural-venue items against their catalog share. With
+exposure floors configured, each group's share against its floor and the NDCG cost of
+meeting them (:mod:`training.exposure_eval`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from features.splits import Split
 from recsys import metrics
 from recsys.bundle import ModelBundle
 from recsys.delivery import DeliveryEngine
+from recsys.exposure import majority_regions
 from recsys.models.base import Recommender
 from recsys.settings import EngineSettings
+from training.exposure_eval import floor_metrics
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,8 @@ def evaluate(model: Recommender, split: Split, settings: EngineSettings, *, segm
     rows = _segment_rows(per_user, train.users, eval_rows)
     result.update(_segment_metrics(rows))
     result.update(_rural_slots(recs, split))
+    if settings.exposure.enabled:
+        result.update(floor_metrics(engine, eval_rows, truth, split.cutoff.timestamp(), settings.exposure))
     return Evaluation(metrics=result, segments=rows, n_users=len(eval_rows), per_user=per_user)
 
 
@@ -94,12 +100,7 @@ def _segment_metrics(segments: list[dict[str, object]]) -> dict[str, float]:
 def _rural_slots(recs: np.ndarray, split: Split) -> dict[str, float]:
     """Slots going to items in rural-majority districts vs those items' share of the live catalog."""
     catalog, users = split.train.catalog, split.train.users
-    rural_code = users.areas.index("rural") if "rural" in users.areas else -1
-    rural_regions = set()
-    for code, name in enumerate(users.regions):
-        members = users.region == code
-        if members.any() and (users.area[members] == rural_code).mean() >= 0.5:
-            rural_regions.add(name)
+    rural_regions = majority_regions(users, "rural")
     rural_items = np.array([catalog.regions[r] in rural_regions if r >= 0 else False for r in catalog.region])
     live = catalog.available_at(split.cutoff.timestamp())
     return {

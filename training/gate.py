@@ -4,7 +4,9 @@ Promote when both hold:
 - NDCG@10(candidate) >= NDCG@10(champion on the same new test window) x (1 - tolerance);
 - rural/urban NDCG ratio(candidate) >= floor (skipped, with a note, when the window has no
   rural or no urban users to measure it).
-With no champion yet, the first model is promoted if it passes the rural floor.
+With no champion yet, the first model is promoted if it passes the rural floor. With exposure
+floors configured, a model whose re-ranked lists leave a group more than the tolerance below
+its floor is refused too (:func:`require_floors`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,13 @@ def decide(candidate_ndcg: float, candidate_ratio: float, champion_ndcg: float |
     else:
         reasons.append("rural/urban ratio not measurable on this window (gate skipped)")
     return GateDecision(ok, reasons)
+
+
+def require_floors(decision: GateDecision, misses: list[str]) -> None:
+    """Refuse the model when an exposure group misses its floor (``misses``: one sentence per group)."""
+    if misses:
+        decision.promote = False
+        decision.reasons.extend(misses)
 
 
 def log_decision(decision: GateDecision, promoted: bool, **figures: object) -> None:

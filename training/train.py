@@ -44,6 +44,7 @@ from recsys import models
 from recsys.ann import build_for as build_ann_index
 from recsys.bundle import ModelBundle
 from recsys.candidates import DEFAULT_MAX_USERS
+from recsys.delivery import DeliveryEngine
 from recsys.home import EngineHome
 from recsys.models.base import Recommender
 from recsys.settings import EngineSettings, HealthSettings
@@ -51,6 +52,8 @@ from training import gate, registry
 from training.candidate_lists import save_with_candidates
 from training.config import TrainConfig, config_from_dict
 from training.evaluate import Evaluation, evaluate
+from training.exposure_eval import MANIFEST_KEY as EXPOSURE_KEY
+from training.exposure_eval import calibrated_manifest, floor_misses
 from training.search_space import FAMILIES
 from training.tune import DatasetCache, TuneOptions, TuningResult, tune
 
@@ -124,6 +127,7 @@ class TrainResult:
             "engine": self.engine, "split": self.split, "tuning": self.tuning, "notes": self.notes,
             "health": self.health, "status": "refused" if self.refused else "promoted" if self.promoted
             else "registered",
+            "exposure": {k: v for k, v in self.metrics.items() if k.startswith("exposure.")} or None,
         }
 
 
@@ -287,6 +291,7 @@ def evaluate_and_register(home: EngineHome, options: TrainOptions, data: Dataset
             client, champion_before, cfg, evaluation, split_for or (lambda _settings: split), engine))
         decision = gate.decide(evaluation.ndcg10, evaluation.rural_urban_ratio, champion_ndcg,
                                tolerance=options.tolerance, rural_floor=options.rural_floor)
+        gate.require_floors(decision, floor_misses(metrics, cfg.engine.exposure))
         if champion_ndcg is not None:
             mlflow.log_metric("champion_ndcg_at_10_same_window", champion_ndcg)
         promoted = options.promote and decision.promote
@@ -463,6 +468,9 @@ def _save_bundle(model, data: Dataset, options: TrainOptions, metrics: dict[str,
         "config_hash": cfg.config_hash(), "metrics": {k: metrics.get(k) for k in KEY_METRICS},
     }
     bundle = ModelBundle(model, data.full.catalog, data.full.users, data.full.weights, cfg.engine, manifest)
+    if cfg.engine.exposure.enabled and data.data_end is not None:
+        manifest[EXPOSURE_KEY] = calibrated_manifest(DeliveryEngine(bundle), data.data_end.timestamp(),
+                                                     cfg.engine.exposure, seed=options.seed)
     bundle.ann = build_ann_index(model, len(bundle.catalog), cfg.engine.ann)  # None below ann.min_items items
     # with the server's per-user fast path
     return save_with_candidates(bundle, directory / "bundle", max_users=options.candidate_users)

@@ -130,6 +130,7 @@ def _render_train(summary: dict[str, Any]) -> None:
     lift = summary.get("lift_over_popularity")
     table.add_row("lift over popularity", "-" if lift is None else f"{lift:.2f}x")
     out.print(table)
+    render_exposure(summary.get("exposure"))
     out.print(f"split: {summary['split']}", markup=False)
     for note in summary.get("notes", []):
         out.print(f"[yellow]note:[/yellow] {escape(note)}")
@@ -150,6 +151,19 @@ def _render_tuning(tuning: dict[str, Any] | None) -> None:
               f"(budget {tuning['budget_seconds']:.0f} s, {tuning['validation_users']} validation users); best "
               f"{tuning['best_model']} ({tuning['best_origin']}) validation NDCG@10 "
               f"{tuning['best_validation_ndcg@10'] or 0:.4f}{versus}", markup=False)
+
+
+def render_exposure(figures: dict[str, float] | None) -> None:
+    """Each exposure group's share of the top-10 slots against its floor, and what meeting them cost."""
+    if not figures:
+        return
+    groups = sorted({key.split(".")[1] for key in figures if key.endswith(".floor")})
+    for group in groups:
+        out.print(f"exposure {group}: share {figures[f'exposure.{group}.share@10']:.1%} "
+                  f"(before {figures[f'exposure.{group}.share_before@10']:.1%}) vs floor "
+                  f"{figures[f'exposure.{group}.floor']:.1%}", markup=False)
+    out.print(f"exposure NDCG@10 {figures['exposure.ndcg@10.before']:.4f} -> {figures['exposure.ndcg@10.after']:.4f} "
+              f"(cost {figures['exposure.ndcg_cost']:.2%})", markup=False)
 
 
 def render_health(report: dict[str, Any] | None) -> None:
