@@ -65,6 +65,17 @@ def check_store(home: EngineHome, settings: HealthSettings | None = None,
                  store.scan_quarantine(home), settings or HealthSettings(), (engine or EngineSettings()).timezone)
 
 
+def check_safely(home: EngineHome, settings: HealthSettings | None = None,
+                 engine: EngineSettings | None = None) -> HealthReport | None:
+    """:func:`check_store` for the end of an ingest or a training: a store the comparison cannot
+    read is logged and skipped (None), never a failure of the run that already did its work."""
+    try:
+        return check_store(home, settings, engine)
+    except Exception:
+        log.exception("data health: cannot compare the newest week with the previous one")
+        return None
+
+
 def check(interactions: pl.LazyFrame, users: pl.LazyFrame, items: pl.LazyFrame, quarantine: pl.LazyFrame,
           settings: HealthSettings, time_zone: str = "Asia/Shanghai") -> HealthReport | None:
     """Compare the newest window with the previous one; None without interactions."""

@@ -149,7 +149,7 @@ def test_the_api_answers_every_request_while_a_train_runs(trained_small_home: Pa
         thread.start()
     try:
         train = run_recsys("train", "--home", str(root), "--model", "hybrid", "--seed", "3", "--json", "--no-tune",
-                           timeout=300)
+                           "--force", timeout=300)
         during = len(answered)
         time.sleep(0.3)
     finally:

@@ -127,7 +127,7 @@ def _count(db: Path, sql: str) -> int:
 
 
 def _kill_train_when(root: Path, ready: Callable[[], bool], timeout: float = 120) -> int:
-    process = recsys("train", "--home", str(root), "--model", "als", "--json", "--no-tune")
+    process = recsys("train", "--home", str(root), "--model", "als", "--json", "--no-tune", "--force")
     try:
         wait_for(lambda: ready() or process.poll() is not None, timeout=timeout, interval=0.01, what="kill point")
     finally:

@@ -150,7 +150,7 @@ def test_a_poisoning_post_is_flagged_and_changes_nothing(trained_demo: TrainedDe
         control_root = copy_home(trained_demo.root, tmp_path / "control")
         shutil.copytree(home.incoming, EngineHome.at(control_root).incoming)  # the very same lines
 
-        trained_now = train_cli(root)
+        trained_now = train_cli(root, "--force")  # flagged lines are no new data to train on
         info = cli_json(run_cli("store-info", "--home", str(root), "--json"))
         assert info["flagged"] == {
             "rows": 1300,
@@ -180,7 +180,7 @@ def test_a_poisoning_post_is_flagged_and_changes_nothing(trained_demo: TrainedDe
 
     # the control: the same lines with the defences off do what the adversarial test saw
     monkeypatch.setenv("RECSYS_POISON_ENABLED", "false")
-    control = train_cli(control_root)
+    control = train_cli(control_root, "--force")
     assert cli_json(run_cli("store-info", "--home", str(control_root), "--json"))["flagged"]["rows"] == 0
     _, bundle = load_registered(EngineHome.at(control_root), control["version"])
     listed = DeliveryEngine(bundle).for_region(district, 10, Filters(at=target.lists_at.timestamp())).items

@@ -11,6 +11,7 @@ every test that changes the registry works on a copy.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,9 +139,11 @@ def story(trained_demo: TrainedDemo, tmp_path_factory: pytest.TempPathFactory) -
     prepare_mlflow_env()
     root = copy_home(trained_demo.root, tmp_path_factory.mktemp("gate") / "home")
     home = EngineHome.at(root)
-    retrain = train_cli(root, "--model", "hybrid")
+    retrain = train_cli(root, "--model", "hybrid", "--force")  # the same data: nothing to do without --force
     after_retrain = champion_of(home)
-    worse = train_cli(root, "--model", "popularity")
+    refused = run_cli("train", "--home", str(root), "--json", "--no-tune", "--model", "popularity", "--force")
+    assert refused.exit_code == 3, describe(refused)  # trained, but the gate kept the champion
+    worse = json.loads(refused.stdout)
     after_worse = champion_of(home)
     rollback = cli_json(run_cli("rollback", "--home", str(root), "--json"))
     after_rollback = champion_of(home)
@@ -250,9 +253,9 @@ def test_a_fit_that_raises_fails_the_command_and_keeps_the_champion(copied: Engi
 
     monkeypatch.setattr(recsys.models, "create", create)
     runs_before, promoted_before = len(runs_of(copied)), _promoted_runs(copied)
-    result = run_cli("train", "--home", str(copied.root), "--model", "hybrid", "--json", "--no-tune")
-    assert result.exit_code != 0
-    assert isinstance(result.exception, RuntimeError) and "fit exploded" in str(result.exception)
+    result = run_cli("train", "--home", str(copied.root), "--model", "hybrid", "--json", "--no-tune", "--force")
+    assert result.exit_code == 1, describe(result)  # a failure, reported as JSON on stdout with --json
+    assert json.loads(result.stdout) == {"error": "RuntimeError: fit exploded", "exit_code": 1}
     assert champion_of(copied) == "1"
     assert sorted(versions_of(copied)) == ["1", "2"]
     assert len(runs_of(copied)) == runs_before  # failed before any run started
@@ -301,7 +304,8 @@ def test_a_corrupt_config_is_refused_before_any_work(copied: EngineHome, tmp_pat
     result = run_cli("train", "--home", str(copied.root), "--config", str(config), "--json", "--no-tune")
     assert result.exit_code == 2, describe(result)
     assert "cannot read config" in result.stderr
-    assert result.stdout.strip() == ""
+    error = json.loads(result.stdout)  # with --json, the error is JSON on stdout too
+    assert error["exit_code"] == 2 and "cannot read config" in error["error"]
     assert champion_of(copied) == "1"
     assert len(runs_of(copied)) == runs_before
 

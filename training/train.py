@@ -219,7 +219,7 @@ def require_new_data(home: EngineHome, client: Any) -> None:
     newest = (clean_events(frames.interactions, frames.items)
               .filter(pl.col("ts") <= pl.lit(datetime.now(UTC), dtype=pl.Datetime("us", "UTC")))
               .select(pl.col("ts").max()).collect().item())
-    if newest is None or newest <= data_end:
+    if newest is not None and newest <= data_end:  # an empty store goes on, to its own clear error
         raise NoNewData(current.version, data_end, newest)
 
 
@@ -269,7 +269,7 @@ def evaluate_and_register(home: EngineHome, options: TrainOptions, data: Dataset
 
     client = registry.connect(home)
     champion_before = registry.champion(client)
-    data_health = clock.timed("check data health", lambda: health.check_store(home, options.health, cfg.engine))
+    data_health = clock.timed("check data health", lambda: health.check_safely(home, options.health, cfg.engine))
     with mlflow.start_run(run_name=f"{cfg.model}-{datetime.now(UTC):%Y%m%dT%H%M%S}",
                           tags=registry.run_tags()) as run:
         _log_run(cfg, options, data, metrics, baseline, evaluation)

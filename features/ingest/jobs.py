@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from features import schemas, store, writer
+from features import health, schemas, store, writer
 from features.incoming import DEFAULT_KEEP_DAYS
 from features.ingest.api_lines import ApiLines, prune_segments, read_api_lines
 from features.ingest.columns import INCOMING, raw
@@ -79,6 +79,7 @@ def ingest(
         summary.committed = True
         summary.removed_segments = prune_segments(home, store.ingest_log(home), keep_incoming_days)
     log_summary(summary)
+    health.check_safely(home, engine=settings)  # warns when the newest week differs (a feed that stopped)
     return summary
 
 
