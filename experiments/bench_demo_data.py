@@ -3,7 +3,7 @@
 Each measurement runs in its own child process so that its peak resident memory
 (``resource.getrusage(...).ru_maxrss``) is its own:
 
-* ``ours``: :func:`features.synthetic.generate` plus :func:`features.synthetic.write_demo`
+* ``ours``: :func:`democloud.generate` plus :func:`democloud.write_demo`
   (vectorised numpy, polars frames, zstd Parquet);
 * ``peer``: pandas reads the same four tables back and writes them again with
   ``DataFrame.to_parquet`` (pyarrow engine), the common alternative for the write step.
@@ -37,7 +37,7 @@ def peak_rss_gib() -> float:
 
 
 def run_ours(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    from features.synthetic import DemoConfig, generate, write_demo
+    from democloud import DemoConfig, generate, write_demo
 
     config = DemoConfig(users=args.users, items=args.items, days=args.days, seed=args.seed,
                         end_date=dt.date.fromisoformat(args.end_date))

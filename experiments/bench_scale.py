@@ -5,7 +5,7 @@
                                       [--factors 64] [--queries 300] [--driver-memory 6g]
                                       [--json FILE]
 
-1. Training (``--part train``): one synthetic cultural cloud (:mod:`features.synthetic`,
+1. Training (``--part train``): one synthetic cultural cloud (:mod:`democloud`,
    ~5M interactions at the default size) is written as provider files and committed to a
    temporary engine home with :func:`features.ingest.ingest`, then trained twice with the
    same ALS recipe (factors, regularization, iterations, seed): ``recsys train`` with
@@ -52,8 +52,8 @@ RECALL_TARGET = 0.95
 # ---- 1. training engines ---------------------------------------------------------------
 def build_store(root: Path, users: int, items: int, days: int, seed: int) -> dict[str, int]:
     """Generate the synthetic cloud and ingest it into the engine home at ``root``."""
+    from democloud import DemoConfig, generate, write_demo
     from features.ingest import ingest
-    from features.synthetic import DemoConfig, generate, write_demo
     from recsys.home import EngineHome
 
     data = generate(DemoConfig(users=users, items=items, days=days, seed=seed, end_date=BENCH_END_DATE))

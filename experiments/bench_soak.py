@@ -3,7 +3,7 @@
     python -m experiments.bench_soak [--duration 120] [--rate 100] [--users 20000] [--items 2000]
 
 1. Builds (once, cached under ``--workdir``) an engine home: the synthetic cultural cloud
-   (``features.synthetic``, activity up to today so items are current), two hybrid models
+   (``democloud``, activity up to today so items are current), two hybrid models
    fitted on it with different settings, both registered in the home's MLflow registry
    through ``training.registry``; version 1 is the champion.
 2. Starts a real uvicorn process (one worker) serving the champion from the registry, with
@@ -63,8 +63,8 @@ def build_home(workdir: Path, users: int, items: int, days: int, seed: int) -> P
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
+    from democloud import DemoConfig, generate
     from features.dataset import StoreFrames, build_dataset
-    from features.synthetic import DemoConfig, generate
     from recsys import models
     from recsys.bundle import ModelBundle
     from recsys.home import EngineHome

@@ -3,7 +3,7 @@
     python -m experiments.bench_train [--users 220000] [--items 10000] [--days 60] [--seed 0]
                                       [--keep DIR] [--profile] [--json F]
 
-1. Generates a synthetic cultural cloud (:mod:`features.synthetic`, ~5M interactions at the
+1. Generates a synthetic cultural cloud (:mod:`democloud`, ~5M interactions at the
    default size) and writes it into a temporary engine home as a committed store: the
    catalog and users tables, one Parquet file per day under ``interactions/date=.../``
    named by one ingest id, and that id's line in ``ingest_log.jsonl``.
@@ -54,8 +54,8 @@ import polars as pl
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
+from democloud import DemoConfig, generate
 from features.dataset import load_dataset
-from features.synthetic import DemoConfig, generate
 from recsys.candidate_scoring import DEFAULT_K, most_active_rows
 from recsys.candidates import DEFAULT_MAX_USERS
 from recsys.home import EngineHome

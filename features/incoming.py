@@ -12,7 +12,7 @@ of the following hold, under the store's writer lock:
 * it was last written more than ``keep_days`` ago.
 
 The last rule is for the servers: a server that starts replays the segment lines newer
-than its model's data (``serving.tail``), so a segment is kept as long as a model in
+than its model's data (``serving.peers``), so a segment is kept as long as a model in
 service may still predate its lines. The default, two weeks, covers a weekly retraining
 with one missed week; a model older than that is served without the deleted lines'
 live history until the next training run, which has them from the store.

@@ -107,6 +107,15 @@ def next_line_start(fh: BinaryIO, offset: int, size: int) -> int | None:
     return offset + newline + 1
 
 
+def json_object(line: bytes) -> dict[str, Any] | None:
+    """A line as a JSON object (None if it is not one: torn, not JSON, or another JSON value)."""
+    try:
+        value = json.loads(line)
+    except ValueError:  # also UnicodeDecodeError
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def append_line(path: Path, line: bytes) -> None:
     """Append one newline-terminated line to a file several processes may append to, and fsync it.
 
@@ -150,12 +159,9 @@ def parse_tombstones(lines: Iterable[bytes], source: Path | str = "tombstones") 
     for line in lines:
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except ValueError:  # also UnicodeDecodeError
-            record = None
-        user_id = record.get("user_id") if isinstance(record, dict) else None
-        if not isinstance(user_id, str) or not user_id.strip():
+        record = json_object(line)
+        user_id = record.get("user_id") if record is not None else None
+        if record is None or not isinstance(user_id, str) or not user_id.strip():
             log.warning("skipping a tombstone line of %s that names no user", source)
             continue
         found.append(Tombstone(user_id.strip(), str(record.get("erased_at", ""))))

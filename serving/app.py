@@ -5,10 +5,8 @@ is unavailable, or nothing: the server starts in every case, ``/healthz`` answer
 ``/readyz`` says whether and how a model is served. Every error response is JSON
 ``{"detail": ...}``; bad input is a 4xx, never a 500.
 
-Every request passes, outermost first: ``X-Served-By`` (:mod:`serving.tail`), metrics,
-:class:`~serving.guard.Guard` (load shedding, API key, rate limits), ``HEAD``/``OPTIONS``
-(:mod:`serving.methods`), the body-size cap, and the erased-user rewrite; routes then check
-the key's scope (:class:`~serving.deps.RequireScope`).
+The middleware stack and its order are :mod:`serving.middleware`'s; routes then check the
+key's scope (:class:`~serving.deps.RequireScope`).
 """
 
 from __future__ import annotations
@@ -36,22 +34,23 @@ from serving.auth import KeyRing
 from serving.cache import LastKnownGood
 from serving.config import ServingSettings
 from serving.deps import Services
-from serving.erasure import ErasedAsUnknown, ErasedUsers
-from serving.guard import Guard
-from serving.limits import BodySizeLimit
+from serving.erasure import ErasedUsers
+from serving.follower import PeerFollower
 from serving.live import LiveInteractions
-from serving.methods import ImplicitMethods
-from serving.metrics import Metrics, MetricsMiddleware
+from serving.metrics import Metrics
+from serving.middleware import install as install_middleware
 from serving.openapi import document_errors
+from serving.peers import PeerInteractions
 from serving.quota import DailyQuota
 from serving.ratelimit import TokenBuckets
 from serving.redact import install_access_log_redaction
+from serving.reload_requests import ReloadRequests
 from serving.reports import ReportFiles
 from serving.routers import admin, interactions, ops, recommendations, reports
+from serving.segment_tail import SegmentTail
 from serving.segments import SegmentWriter
 from serving.sources import DirectorySource, ModelSource, RegistrySource
 from serving.state import ModelHolder, ServedModel
-from serving.tail import PeerFollower, PeerInteractions, ReloadRequests, SegmentTail, ServedBy
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +73,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.services = services
-    app.add_middleware(ErasedAsUnknown, erased=services.erased)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # inside metrics: 413s are counted
-    app.add_middleware(ImplicitMethods, routes=lambda: every_route(app))
-    app.add_middleware(Guard, **guard_options(services))  # before the body is read or a route is matched
-    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
-    app.add_middleware(ServedBy)  # outermost: every answer names its process
+    install_middleware(app, erased=services.erased, max_body_bytes=settings.max_body_bytes,
+                       routes=lambda: every_route(app), guard=guard_options(services), metrics=services.metrics)
     install_access_log_redaction()
     _add_error_handlers(app)
     for module in ROUTERS:

@@ -1,4 +1,4 @@
-"""Right to erasure in the server: tombstones, and serving an erased user as a stranger.
+"""Right to erasure in the server: the erased users of a home, as every worker process sees them.
 
 ``DELETE /v1/users/{user_id}`` appends ``{"user_id", "erased_at"}`` to the store's
 ``tombstones.jsonl`` (one write, fsynced before the answer; the file's format and reading
@@ -10,33 +10,23 @@ app drops its live interactions there).
 
 The next ``recsys ingest`` removes the user's rows from the store files; the model being
 served still holds what it learned from them until the next training run. Until then
-:class:`ErasedAsUnknown` makes the served model ignore the user: their recommendation
+:class:`serving.middleware.ErasedAsUnknown` makes the served model ignore the user: their recommendation
 request is answered exactly as for an id no model knows (a named popularity fallback, no
 history, no profile), with the caller's id in the answer.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
-
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.appendlog import Shrunk, Tombstone, append_tombstone, read_tombstones
 
 log = logging.getLogger(__name__)
-
-PLACEHOLDER_ID = "\u0000erased-user"
-"""The id an erased user's request is served under: no provider sends a NUL character."""
-USERS_PREFIX = "/v1/users/"
-RECOMMENDATIONS_SUFFIX = "/recommendations"
-
 
 class ErasedUsers:
     """The erased user ids of one engine home, read from and appended to ``tombstones.jsonl``."""
@@ -102,72 +92,3 @@ class ErasedUsers:
             return
         for user_id in user_ids:
             self.on_erased(user_id)
-
-
-class ErasedAsUnknown:
-    """Pure ASGI middleware serving an erased user's recommendations as for an unknown id.
-
-    The request is routed under :data:`PLACEHOLDER_ID` (so no model row, live interaction
-    or profile of the user is used) and the answer's ``user_id`` is put back.
-    """
-
-    def __init__(self, app: ASGIApp, erased: ErasedUsers) -> None:
-        self.app = app
-        self.erased = erased
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        user_id = _recommendations_user(scope)
-        if user_id is None or user_id not in self.erased:
-            await self.app(scope, receive, send)
-            return
-        # In place, so the outer middlewares (metrics) see the route the router matched.
-        scope["path"] = USERS_PREFIX + PLACEHOLDER_ID + RECOMMENDATIONS_SUFFIX
-        scope["raw_path"] = quote(scope["path"]).encode("ascii")
-        await self.app(scope, receive, _RestoredId(send, user_id))
-
-
-def _recommendations_user(scope: Scope) -> str | None:
-    """The user id of a ``GET /v1/users/{user_id}/recommendations`` request (None for any other)."""
-    if scope["type"] != "http" or scope.get("method") not in ("GET", "HEAD"):
-        return None
-    path: str = scope.get("path", "")
-    if not (path.startswith(USERS_PREFIX) and path.endswith(RECOMMENDATIONS_SUFFIX)):
-        return None
-    user_id = path[len(USERS_PREFIX):len(path) - len(RECOMMENDATIONS_SUFFIX)]
-    return user_id or None
-
-
-class _RestoredId:
-    """A ``send`` that buffers a JSON answer and writes the caller's id back into it."""
-
-    def __init__(self, send: Send, user_id: str) -> None:
-        self.send = send
-        self.user_id = user_id
-        self.start: Message | None = None
-        self.body = bytearray()
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.start = message
-            return
-        if message["type"] != "http.response.body" or self.start is None:
-            await self.send(message)
-            return
-        self.body += message.get("body", b"")
-        if message.get("more_body", False):
-            return
-        body = self._restored(bytes(self.body))
-        headers = [(k, v) for k, v in self.start.get("headers", []) if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await self.send({**self.start, "headers": headers})
-        await self.send({"type": "http.response.body", "body": body})
-
-    def _restored(self, body: bytes) -> bytes:
-        try:
-            document = json.loads(body)
-        except ValueError:
-            return body
-        if isinstance(document, dict) and document.get("user_id") == PLACEHOLDER_ID:
-            document["user_id"] = self.user_id
-            return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-        return body

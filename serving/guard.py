@@ -30,9 +30,9 @@ import math
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.auth import API_KEY_HEADER, API_KEY_HEADER_RAW, KEY_FIELD, PRESENTED_FIELD, KeyRing
-from serving.limits import send_json
 from serving.metrics import Metrics
 from serving.ratelimit import TokenBuckets
+from serving.refusals import send_json
 
 log = logging.getLogger(__name__)
 

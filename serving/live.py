@@ -9,7 +9,7 @@ When a newly served model was trained on data up to ``data_end``, the events at 
 that time are in its history already: :meth:`LiveInteractions.expire_trained` drops them, so
 they are not counted twice (a user's engagement with an item would otherwise grow at every
 reload). The rule is the one a restarting server applies to the segments it replays
-(:mod:`serving.tail`): an event is "trained on" when its time is not after ``data_end``.
+(:mod:`serving.peers`): an event is "trained on" when its time is not after ``data_end``.
 """
 
 from __future__ import annotations

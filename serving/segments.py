@@ -9,7 +9,7 @@ batch is on disk (written, flushed, fsynced) before the API answers 202, and a b
 written with one ``write`` under a lock so concurrent requests never interleave lines.
 If a write fails halfway the file is cut back to the last whole batch, so a torn line can
 never glue itself to the next one. The other server processes of the same home read the
-file too (:mod:`serving.tail`), to fold its lines into their own live state.
+file too (:mod:`serving.segment_tail`), to fold its lines into their own live state.
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
+from democloud import TIMEZONE, DemoConfig, DemoData, generate, write_demo
 from features import store
-from features.synthetic import TIMEZONE, DemoConfig, DemoData, generate, write_demo
 from recsys.home import EngineHome
 from training.cli import app
 

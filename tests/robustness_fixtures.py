@@ -19,9 +19,9 @@ import numpy as np
 import polars as pl
 import pytest
 
+from democloud import DemoConfig
 from features import store
 from features.ingest import ingest
-from features.synthetic import DemoConfig
 from recsys.bundle import ModelBundle
 from recsys.home import EngineHome
 from tests.demo_store import MLFLOW_QUIET, MLFLOW_URI_VARIABLES, build_demo_home, prepare_mlflow_env, train_cli

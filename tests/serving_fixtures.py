@@ -120,8 +120,8 @@ def write_bundle(data: TrainingData, directory: Path, *, model: str = "hybrid",
 def demo_data(users: int = 3000, items: int = 400, days: int = 30, seed: int = 3,
               end_date: dt.date = dt.date(2026, 10, 31)) -> TrainingData:
     """The synthetic cultural cloud as training sees it (full data, no split)."""
+    from democloud import DemoConfig, generate
     from features.dataset import StoreFrames, build_dataset
-    from features.synthetic import DemoConfig, generate
 
     demo = generate(DemoConfig(users=users, items=items, days=days, seed=seed, end_date=end_date))
     frames = StoreFrames(demo.interactions.lazy(), demo.users.lazy(), demo.items.lazy())

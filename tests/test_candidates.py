@@ -41,7 +41,7 @@ from recsys.reasons import ANCHOR_SIMILARITY, NO_ANCHOR, NO_NOTION, anchor_codes
 from recsys.settings import EngineSettings
 from serving.app import create_app
 from serving.config import ServingSettings
-from serving.routers.recommendations import UserListQuery
+from serving.list_query import UserListQuery
 from serving.schemas import UserRecommendations
 from tests.serving_fixtures import (
     CENTER,

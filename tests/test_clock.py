@@ -27,8 +27,9 @@ from recsys.settings import EngineSettings
 from serving.app import create_app
 from serving.erasure import ErasedUsers
 from serving.live import LiveInteractions
+from serving.peers import PeerInteractions
+from serving.segment_tail import SegmentTail
 from serving.segments import SegmentWriter
-from serving.tail import PeerInteractions, SegmentTail
 from tests.serving_fixtures import KEY_HEADERS, keyed_settings, rules_data, write_bundle
 from tests.test_report_aggregates import tiny_items, tiny_users
 from training.cli import app

@@ -10,11 +10,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from democloud import generate
 from features import store
 from features.events import clean_events
 from features.ingest import ingest, store_info
 from features.poisoning import Flag, PoisonSettings, flag_rows
-from features.synthetic import generate
 from recsys.home import EngineHome
 from recsys.provenance import FLAG, SOURCE
 from tests.demo_store import DEMO, build_demo_home, write_store_directly

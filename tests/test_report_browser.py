@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from features.synthetic import DemoConfig, generate
+from democloud import DemoConfig, generate
 from recsys.home import EngineHome
 from training.report import write_report
 

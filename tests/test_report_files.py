@@ -17,10 +17,10 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from democloud import DemoConfig, generate
 from features import schemas
 from features.aggregates import plan_report
 from features.store import scan_interactions, scan_items, scan_users
-from features.synthetic import DemoConfig, generate
 from recsys.home import EngineHome
 from training.cli import app
 from training.report import log_report_to_mlflow, write_report

@@ -35,10 +35,10 @@ if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
 from fastapi.testclient import TestClient  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
 
+from democloud import DemoConfig  # noqa: E402
 from features import schemas  # noqa: E402
 from features import spark_features as sf  # noqa: E402
 from features.dataset import Dataset, load_dataset  # noqa: E402
-from features.synthetic import DemoConfig  # noqa: E402
 from recsys.bundle import ModelBundle  # noqa: E402
 from recsys.confidence import to_confidence  # noqa: E402
 from recsys.home import EngineHome  # noqa: E402

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from democloud import EFFECTS, DemoConfig, DemoData, generate, write_demo
 from features import schemas
 from features.districts import CORE_CODES, DISTRICTS
-from features.synthetic import EFFECTS, DemoConfig, DemoData, generate, write_demo
 
 END = dt.date(2025, 6, 30)
 SHANGHAI = ZoneInfo("Asia/Shanghai")

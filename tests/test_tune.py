@@ -18,11 +18,11 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
+from democloud import DemoConfig, generate
 from experiments.bench_tune import score
 from experiments.datasets import ContractFrames, data_dir, load_goodbooks, load_movielens
 from features.dataset import StoreFrames, build_dataset
 from features.splits import TruthPairs, draw_holdout, holdout_splits
-from features.synthetic import DemoConfig, generate
 from recsys import models
 from recsys.catalog import Catalog
 from recsys.models.base import TrainingData

@@ -37,9 +37,12 @@ from recsys.settings import EngineSettings
 from serving.config import ServingSettings
 from serving.erasure import ErasedUsers
 from serving.live import LiveInteractions
+from serving.peers import PeerInteractions
+from serving.reload_requests import ReloadRequests, source_key
+from serving.segment_lines import parse_line
+from serving.segment_tail import SegmentTail
 from serving.segments import SegmentWriter
 from serving.state import ServedModel
-from serving.tail import PeerInteractions, ReloadRequests, SegmentTail, parse_line, source_key
 from tests.demo_store import prepare_mlflow_env
 from tests.serving_fixtures import (
     KEY_HEADERS,

@@ -5,7 +5,7 @@ the keys file or ``RECSYS_API_KEYS``, see :mod:`serving.auth`); while no key hol
 the routes answer 404 (disabled, never open).
 
 With several workers a request reaches one of them. A reload reaches the others through
-the home's reload request (:mod:`serving.tail`): each worker notices it within
+the home's reload request (:mod:`serving.reload_requests`): each worker notices it within
 ``RECSYS_TAIL_INTERVAL`` seconds and reloads itself. ``recsys serve --reload-interval``
 makes every worker follow the registry on its own as well, and every worker follows the
 tombstones file on its own within a second.
@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.deps import AdminDep, ServicesDep
 from serving.redact import public_text
+from serving.reload_requests import ReloadRequests
 from serving.routers.recommendations import Id  # also registers the ``id`` path convertor
 from serving.schemas import ReloadResult
 from serving.state import LoadFailed
-from serving.tail import ReloadRequests
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from features.synthetic import STAGES, TIMEZONE, DemoConfig, DemoData, generate, write_demo
+from democloud import STAGES, TIMEZONE, DemoConfig, DemoData, generate, write_demo
 from training.cli.common import HomeOption, JsonOption, console, emit, home_of, stdout_console, user_errors
 
 _PROGRESS_FROM_USERS = 100_000

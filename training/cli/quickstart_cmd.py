@@ -41,8 +41,8 @@ def quickstart_cmd(
 ) -> None:
     """Generate a demo cultural cloud, ingest it, train and promote a model, write the
     planner report, then serve the API."""
+    from democloud import DemoConfig, generate, write_demo
     from features.ingest import ingest
-    from features.synthetic import DemoConfig, generate, write_demo
     from training import report
     from training.config import load_config
     from training.train import TrainOptions, train
