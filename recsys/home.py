@@ -69,6 +69,16 @@ class EngineHome:
         return self.store / "tombstones.jsonl"
 
     @property
+    def requests(self) -> Path:
+        """Residents' requests (点单), rewritten whole by each ingest that changes them."""
+        return self.store / "requests.parquet"
+
+    @property
+    def request_lines(self) -> Path:
+        """Durable JSON-lines segments of requests posted to the API, one per server process."""
+        return self.store / "requests_incoming"
+
+    @property
     def lock(self) -> Path:
         return self.store / ".writer.lock"
 

@@ -122,8 +122,10 @@ def find_compaction(home: EngineHome, erasure: Erasure) -> Compaction:
     return result
 
 
-def blank_erased_lines(home: EngineHome, spans: dict[str, tuple[int, int]], users: frozenset[str]) -> int:
-    """Overwrite the erased users' complete lines in these byte ranges of the incoming segments.
+def blank_erased_lines(home: EngineHome, spans: dict[str, tuple[int, int]], users: frozenset[str],
+                       directory: Path | None = None) -> int:
+    """Overwrite the erased users' complete lines in these byte ranges of the incoming segments
+    (of ``directory``'s segments when given: the posted requests' ones).
 
     Spaces of the same length keep every offset and line number the ingest log recorded, and a
     blank line is no row. A server appending to a segment only writes past the ranges given
@@ -131,7 +133,7 @@ def blank_erased_lines(home: EngineHome, spans: dict[str, tuple[int, int]], user
     """
     blanked = 0
     for name, (start, end) in sorted(spans.items()):
-        segment = home.incoming / name
+        segment = (directory or home.incoming) / name
         if not segment.exists() or end <= start:
             continue
         with open(segment, "r+b") as fh:

@@ -31,6 +31,8 @@ from features.ingest.erasure import (
 )
 from features.ingest.evaluate import Batch, Outcome, evaluate
 from features.ingest.files import ProviderFile, ingested_hashes, open_files
+from features.ingest.requests import TABLE as REQUESTS
+from features.ingest.requests import ingest_requests, read_request_file
 from features.ingest.summary import IngestSummary, TableCounts, add_erased, log_entry, log_summary
 from features.lock import writer_lock
 from features.poisoning import PoisonSettings
@@ -53,8 +55,13 @@ def ingest(
     wait_seconds: float = 0,
     keep_incoming_days: float = DEFAULT_KEEP_DAYS,
     poison: PoisonSettings | None = None,
+    requests: Path | None = None,
 ) -> IngestSummary:
     """Validate provider files and the API's new lines and append them to the store.
+
+    Residents' requests (``requests``: a file of the requests table, and the requests posted
+    to the API) are folded into the store's requests table under the same lock
+    (:mod:`features.ingest.requests`).
 
     Afterwards, segments of stopped servers that are fully in the store and were last
     written more than ``keep_incoming_days`` ago are deleted (:mod:`features.incoming`).
@@ -64,11 +71,15 @@ def ingest(
     """
     settings = settings or EngineSettings()
     files = open_files(home, {"interactions": interactions, "users": users, "items": items})
+    request_rows = read_request_file(Path(requests).expanduser().resolve()) if requests is not None else []
     with writer_lock(home, wait_seconds=wait_seconds, command="recsys ingest"):
         writer.recover(home)
         work = _find_work(home, files, include_incoming)
         summary = IngestSummary(work.ingest_id, {f.table: TableCounts(skipped_same_file=f not in work.fresh)
                                                  for f in files}, None)
+        request_counts = ingest_requests(home, request_rows, work.erasure.users, settings.timezone)
+        if request_counts is not None:
+            summary.tables[REQUESTS] = request_counts
         if work.is_empty:
             summary.removed_segments = prune_segments(home, work.entries, keep_incoming_days)
             return summary

@@ -20,6 +20,8 @@ def ingest_cmd(
     interactions: FileOption = None,
     users: FileOption = None,
     items: FileOption = None,
+    requests: Annotated[Path | None, typer.Option(
+        help="CSV or Parquet file of residents' requests (点单)", dir_okay=False)] = None,
     retry_quarantine_rows: Annotated[bool, typer.Option(
         "--retry-quarantine", help="Validate quarantined rows again and accept those that now pass")] = False,
     wait: Annotated[float, typer.Option(
@@ -42,7 +44,7 @@ def ingest_cmd(
     with user_errors():
         summary: dict[str, Any] = ingest(
             engine_home, interactions=interactions, users=users, items=items, wait_seconds=wait,
-            keep_incoming_days=keep_incoming_days,
+            keep_incoming_days=keep_incoming_days, requests=requests,
         ).to_dict()
         if retry_quarantine_rows:
             retried = retry_quarantine(engine_home, wait_seconds=wait).to_dict()
