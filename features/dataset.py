@@ -308,7 +308,13 @@ def catalog_from_frame(items: pl.DataFrame) -> Catalog:
         starts_at=_epoch(items, "starts_at"), ends_at=_epoch(items, "ends_at"),
         hidden=items["hidden"].fill_null(False).to_list(), venue=items["venue_id"].to_list(),
         provider=items["provider"].to_list() if "provider" in items.columns else None,
+        min_age=_column(items, "min_age"), editorial=_column(items, "editorial"), is_free=_column(items, "is_free"),
     )
+
+
+def _column(frame: pl.DataFrame, column: str) -> list | None:
+    """A column's values, or None when the frame lacks it (a catalogue built before it existed)."""
+    return frame[column].to_list() if column in frame.columns else None
 
 
 def users_from_frame(users: pl.DataFrame) -> UserTable:

@@ -2,6 +2,8 @@
 
 clean: drop interactions on hidden items, exact duplicates and rows flagged at ingest as
 likely poisoning (:mod:`features.poisoning`), so no model, evaluation window or report counts them;
+a ``not_interested`` ("不感兴趣") cancels the user's events on that item up to it and is itself no
+engagement, so the model forgets the pair (:func:`dismissals` keeps it for the artifact);
 weight: the configured action weight (``rate``: value x rate_weight_per_star);
 decay: weight · 0.5^(age / half_life), age measured back from a reference time, so last
 week's reservation counts more than one from two months ago (half-life 0: no decay).
@@ -14,14 +16,34 @@ from datetime import datetime
 import polars as pl
 
 from features.poisoning import without_flagged
+from recsys.contract import NEGATIVE_ACTIONS
 from recsys.settings import EngineSettings
 
 
 def clean_events(interactions: pl.LazyFrame, items: pl.LazyFrame) -> pl.LazyFrame:
     """Interactions on visible catalog items, exact duplicates and rows flagged at ingest
-    (:func:`features.poisoning.without_flagged`) removed, without the provenance columns."""
+    (:func:`features.poisoning.without_flagged`) removed, without the provenance columns, and
+    without what a ``not_interested`` cancelled (:func:`without_dismissed`)."""
     visible = items.filter(~pl.col("hidden").fill_null(False)).select("item_id")
-    return without_flagged(interactions).unique(maintain_order=True).join(visible, on="item_id", how="semi")
+    events = without_flagged(interactions).unique(maintain_order=True).join(visible, on="item_id", how="semi")
+    return without_dismissed(events)
+
+
+def dismissals(events: pl.LazyFrame) -> pl.LazyFrame:
+    """The latest ``not_interested`` of each (user_id, item_id) pair, as ``ts``."""
+    return (events.filter(pl.col("action").is_in(sorted(NEGATIVE_ACTIONS)))
+            .group_by("user_id", "item_id").agg(pl.col("ts").max()))
+
+
+def without_dismissed(events: pl.LazyFrame) -> pl.LazyFrame:
+    """``events`` without negative actions and without each pair's events up to its latest
+    ``not_interested``: the resident took back whatever those events said (events after it
+    count again: they engaged anew)."""
+    latest = dismissals(events).rename({"ts": "__dismissed"})
+    return (events.filter(~pl.col("action").is_in(sorted(NEGATIVE_ACTIONS)))
+            .join(latest, on=["user_id", "item_id"], how="left")
+            .filter(pl.col("__dismissed").is_null() | (pl.col("ts") > pl.col("__dismissed")))
+            .drop("__dismissed"))
 
 
 def action_weight(settings: EngineSettings) -> pl.Expr:

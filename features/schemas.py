@@ -55,7 +55,12 @@ ITEMS = {
     "provider": pl.String,
     "is_free": pl.Boolean,
     "hidden": pl.Boolean,
+    "min_age": pl.Int64,
+    "editorial": pl.Boolean,
 }
+
+ADDED_LATER = {**PROVENANCE, "min_age": pl.Int64, "editorial": pl.Boolean}
+"""Columns a store file written before they existed lacks: such a file reads them as nulls."""
 
 SCHEMAS = {"interactions": INTERACTIONS, "users": USERS, "items": ITEMS}
 

@@ -225,8 +225,8 @@ def scan_files(files: list[Path], schema: Mapping[str, pl.DataType]) -> pl.LazyF
         try:
             result = frame.collect()
         except (pl.exceptions.PolarsError, OSError) as exc:
-            # provenance columns may be absent from a healthy file (written before them)
-            needed = [c for c in with_columns or list(schema) if c not in schemas.PROVENANCE]
+            # columns added later may be absent from a healthy file (written before them)
+            needed = [c for c in with_columns or list(schema) if c not in schemas.ADDED_LATER]
             culprit = _first_unreadable(paths, needed)
             if culprit is None:  # no single file is to blame: the original error says more
                 raise
@@ -239,9 +239,9 @@ def scan_files(files: list[Path], schema: Mapping[str, pl.DataType]) -> pl.LazyF
 def scan_parquet_as(paths: list[Path], schema: Mapping[str, pl.DataType],
                     include_file_paths: str | None = None) -> pl.LazyFrame:
     """A plain polars scan of store files in ``schema``: columns a file has beyond it are
-    ignored, and when ``schema`` holds the provenance columns, a file written before them
-    reads them as nulls."""
-    if not set(schema) & set(schemas.PROVENANCE):
+    ignored, and when ``schema`` holds columns added to the store later
+    (:data:`features.schemas.ADDED_LATER`), a file written before them reads them as nulls."""
+    if not set(schema) & set(schemas.ADDED_LATER):
         return pl.scan_parquet(paths, hive_partitioning=False, extra_columns="ignore",
                                include_file_paths=include_file_paths)
     return pl.scan_parquet(paths, hive_partitioning=False, schema=dict(schema), missing_columns="insert",

@@ -33,6 +33,9 @@ TABLE = "table"
 RAW_LINE = "raw_line"
 TORN = "__torn"
 
+MAX_MIN_AGE = 150
+"""A ``min_age`` beyond this (or negative, or fractional) is no age: ``unparseable_number``."""
+
 TRUE_WORDS = ("true", "1", "yes", "是")
 FALSE_WORDS = ("false", "0", "no", "否")
 
@@ -260,6 +263,8 @@ def validate_items(raw: pl.LazyFrame, time_zone: str) -> pl.LazyFrame:
     """Type catalog rows and name the first rule each breaks."""
     capacity = parse_number(clean_text("capacity"))
     whole_capacity = pl.when((capacity == capacity.floor()) & (capacity >= 0)).then(capacity.cast(pl.Int64))
+    min_age = parse_number(clean_text("min_age"))
+    whole_age = pl.when((min_age == min_age.floor()) & min_age.is_between(0, MAX_MIN_AGE)).then(min_age.cast(pl.Int64))
     tags = (
         clean_text("tags").fill_null("").str.split("|")
         .list.eval(pl.element().str.strip_chars().filter(pl.element().str.len_bytes() > 0))
@@ -274,21 +279,23 @@ def validate_items(raw: pl.LazyFrame, time_zone: str) -> pl.LazyFrame:
         whole_capacity.alias(typed("capacity")),
         parse_bool(clean_text("is_free")).alias(typed("is_free")),
         parse_bool(clean_text("hidden")).alias(typed("hidden")),
+        whole_age.alias(typed("min_age")),
+        parse_bool(clean_text("editorial")).alias(typed("editorial")),
     )
     lat, lon = pl.col(typed("lat")), pl.col(typed("lon"))
     starts, ends = pl.col(typed("starts_at")), pl.col(typed("ends_at"))
     checks = [
         (pl.col(typed("item_id")).is_null(), Reason.MISSING_FIELD),
         (_too_long("item_id", "venue_id"), Reason.ID_TOO_LONG),
-        (_unparsed("lat", lat) | _unparsed("lon", lon) | _unparsed("capacity", pl.col(typed("capacity"))),
-         Reason.BAD_NUMBER),
+        (_unparsed("lat", lat) | _unparsed("lon", lon) | _unparsed("capacity", pl.col(typed("capacity")))
+         | _unparsed("min_age", pl.col(typed("min_age"))), Reason.BAD_NUMBER),
         ((lat.is_null() != lon.is_null()) | ~lat.is_between(-90, 90).fill_null(True)
          | ~lon.is_between(-180, 180).fill_null(True), Reason.BAD_COORDINATES),
         (_bad_region_code(typed("region_code")), Reason.BAD_REGION_CODE),
         (_unparsed("starts_at", starts) | _unparsed("ends_at", ends), Reason.BAD_TIME),
         ((ends < starts).fill_null(False), Reason.ENDS_BEFORE_STARTS),
-        (_unparsed("is_free", pl.col(typed("is_free"))) | _unparsed("hidden", pl.col(typed("hidden"))),
-         Reason.BAD_VALUE),
+        (_unparsed("is_free", pl.col(typed("is_free"))) | _unparsed("hidden", pl.col(typed("hidden")))
+         | _unparsed("editorial", pl.col(typed("editorial"))), Reason.BAD_VALUE),
     ]
     # Missing ``hidden`` means shown; set after the checks so a bad value is still caught.
     return frame.with_columns(_first_reason(checks)).with_columns(pl.col(typed("hidden")).fill_null(False))

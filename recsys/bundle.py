@@ -10,6 +10,8 @@
                     an artifact without it is served by full scoring
     ann.index       optional: the approximate inner-product index over the model's item
     ann.json        factors, built for large catalogs (recsys.ann); without it, exact scoring
+    dismissed.npz   optional: user x item, when each user last said ``not_interested`` to the
+                    item (epoch seconds; recsys.feedback)
 
 No pickle anywhere: npz loads with ``allow_pickle=False`` and JSON. Loading validates
 shapes and the format version, so a truncated or foreign artifact is refused with a
@@ -39,6 +41,7 @@ from recsys.users import UserTable
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+DISMISSED_FILE = "dismissed.npz"
 MANIFEST_FILE = "manifest.json"
 """The file that makes a directory a bundle (and the one a download is searched for)."""
 
@@ -59,11 +62,15 @@ class ModelBundle:
     """Per-user candidate lists scored offline, if the artifact has them."""
     ann: InnerProductIndex | None = None
     """The approximate index over the model's item factors, if the catalog was large enough."""
+    dismissed: sp.csr_matrix | None = None
+    """Users x items: the time of each user's latest ``not_interested`` on an item (recsys.feedback)."""
 
     def __post_init__(self) -> None:
         expected = (len(self.users), len(self.catalog))
         if self.weights.shape != expected:
             raise BundleError(f"weights shape {self.weights.shape} does not match users x items {expected}")
+        if self.dismissed is not None and self.dismissed.shape != expected:
+            raise BundleError(f"dismissals shape {self.dismissed.shape} does not match users x items {expected}")
         if self.candidates is not None:
             try:
                 self.candidates.check(np.diff(self.weights.indptr), len(self.catalog))
@@ -81,6 +88,9 @@ class ModelBundle:
             self.candidates.save(directory / CANDIDATES_FILE)
         if self.ann is not None:
             self.ann.save(directory)
+        if self.dismissed is not None:
+            dismissed: dict[str, Any] = csr_arrays("dismissed", self.dismissed)
+            np.savez_compressed(directory / DISMISSED_FILE, **dismissed)
         manifest = {
             **self.manifest,
             "format_version": FORMAT_VERSION,
@@ -111,13 +121,14 @@ class ModelBundle:
             candidates_path = directory / CANDIDATES_FILE
             candidates = Candidates.load(candidates_path) if candidates_path.is_file() else None
             ann = load_for(model, directory)
+            dismissed = _optional_csr(directory / DISMISSED_FILE, "dismissed")
         except BundleError:
             raise
         except Exception as exc:  # any corruption: missing file, bad zip, bad JSON, wrong keys
             raise BundleError(f"cannot load model artifact at {directory}: {exc}") from exc
         if (manifest.get("n_users"), manifest.get("n_items")) != (len(users), len(catalog)):
             raise BundleError(f"artifact at {directory} is inconsistent with its manifest")
-        bundle = cls(model, catalog, users, weights, settings, manifest, candidates, ann)
+        bundle = cls(model, catalog, users, weights, settings, manifest, candidates, ann, dismissed)
         bundle.smoke_test()
         return bundle
 
@@ -127,6 +138,13 @@ class ModelBundle:
         scores = self.model.score(np.array([0 if self.weights.shape[0] else -1]), row)
         if scores.shape != (1, len(self.catalog)) or np.isnan(scores).any():
             raise BundleError("model produced malformed scores in the load check")
+
+
+def _optional_csr(path: Path, name: str) -> sp.csr_matrix | None:
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as stored:
+        return csr_from(name, {k: stored[k] for k in stored.files})
 
 
 def find_bundle_dir(root: Path) -> Path:

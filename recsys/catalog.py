@@ -43,6 +43,22 @@ class Catalog:
     venue: list[str | None] = field(default_factory=list)
     provider: list[str | None] = field(default_factory=list)
     """Who supplies each item (exposure groups select by it); empty for a catalogue without the column."""
+    min_age: np.ndarray = field(default_factory=lambda: np.full(0, np.nan))
+    """Youngest age each item is meant for (``nan`` = everyone); see :mod:`recsys.audience`."""
+    editorial: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    """Whether each item is in the operators' curated pool (:mod:`recsys.editorial`)."""
+    is_free: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    """Whether each item is free of charge (unknown reads as not free)."""
+
+    def __post_init__(self) -> None:
+        # A catalog saved (or built) before these columns existed gets their neutral values.
+        n = len(self.items)
+        if len(self.min_age) != n:
+            self.min_age = np.full(n, np.nan)
+        if len(self.editorial) != n:
+            self.editorial = np.zeros(n, dtype=bool)
+        if len(self.is_free) != n:
+            self.is_free = np.zeros(n, dtype=bool)
 
     @classmethod
     def from_columns(
@@ -61,6 +77,9 @@ class Catalog:
         hidden: Sequence[bool | None] | None = None,
         venue: Sequence[str | None] | None = None,
         provider: Sequence[str | None] | None = None,
+        min_age: Sequence[float | None] | None = None,
+        editorial: Sequence[bool | None] | None = None,
+        is_free: Sequence[bool | None] | None = None,
     ) -> Catalog:
         """Build from plain columns; missing columns mean "unknown" for every item."""
         n = len(item_ids)
@@ -81,6 +100,7 @@ class Catalog:
             hidden=np.array([bool(h) for h in (hidden or [False] * n)], dtype=bool),
             venue=list(venue or nothing),
             provider=list(provider or nothing),
+            min_age=_floats(min_age, n), editorial=_flags(editorial, n), is_free=_flags(is_free, n),
         )
 
     def __len__(self) -> int:
@@ -159,6 +179,7 @@ class Catalog:
             kind=self.kind, category=self.category, region=self.region,
             lat=self.lat, lon=self.lon, starts_at=self.starts_at, ends_at=self.ends_at,
             hidden=self.hidden, tags_indptr=self.tags.indptr, tags_indices=self.tags.indices,
+            min_age=self.min_age, editorial=self.editorial, is_free=self.is_free,
         )
         meta = {
             "items": self.items.ids, "title": self.title, "kinds": self.kinds,
@@ -183,6 +204,7 @@ class Catalog:
             region=a["region"], regions=meta["regions"], tags=tags, tag_names=meta["tag_names"],
             lat=a["lat"], lon=a["lon"], starts_at=a["starts_at"], ends_at=a["ends_at"],
             hidden=a["hidden"], venue=meta["venue"], provider=meta.get("provider", []),
+            **{name: a[name] for name in ("min_age", "editorial", "is_free") if name in a},
         )
 
 
@@ -190,6 +212,12 @@ def _floats(values: Sequence[float | None] | None, n: int) -> np.ndarray:
     if values is None:
         return np.full(n, np.nan)
     return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def _flags(values: Sequence[bool | None] | None, n: int) -> np.ndarray:
+    if values is None:
+        return np.zeros(n, dtype=bool)
+    return np.array([bool(v) for v in values], dtype=bool)
 
 
 def _tag_matrix(tags: list[Sequence[str] | None]) -> tuple[sp.csr_matrix, list[str]]:

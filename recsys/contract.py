@@ -16,8 +16,13 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-ACTIONS: tuple[str, ...] = ("view", "click", "favorite", "share", "reserve", "attend", "rate")
-"""Every action the engine understands. ``reserve`` is the booking ("点单") signal."""
+ACTIONS: tuple[str, ...] = ("view", "click", "favorite", "share", "reserve", "attend", "rate", "not_interested")
+"""Every action the engine understands. ``reserve`` is the booking ("点单") signal;
+``not_interested`` is the resident's "不感兴趣" on an item (:data:`NEGATIVE_ACTIONS`)."""
+
+NEGATIVE_ACTIONS: frozenset[str] = frozenset({"not_interested"})
+"""Actions that say the user does not want the item: never engagement, never shown again
+(:mod:`recsys.feedback`), and they cancel the user's earlier events on the item in training."""
 
 POSITIVE_ACTIONS: frozenset[str] = frozenset({"favorite", "reserve", "attend"})
 """Actions that count as a positive outcome in evaluation (plus a high rating)."""
@@ -42,8 +47,10 @@ USER_COLUMNS: tuple[str, ...] = ("user_id", "region_code", "age_band", "area_typ
 ITEM_REQUIRED: tuple[str, ...] = ("item_id",)
 ITEM_COLUMNS: tuple[str, ...] = (
     "item_id", "title", "kind", "category", "tags", "region_code", "venue_id", "lat", "lon",
-    "starts_at", "ends_at", "capacity", "provider", "is_free", "hidden",
+    "starts_at", "ends_at", "capacity", "provider", "is_free", "hidden", "min_age", "editorial",
 )
+"""``min_age``: the youngest age the item is meant for (a whole number of years, empty = everyone;
+:mod:`recsys.audience`); ``editorial``: in the operators' curated pool (:mod:`recsys.editorial`)."""
 
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "interactions": INTERACTION_REQUIRED,

@@ -10,7 +10,15 @@ Used by the API and by batch ``recsys recommend`` alike, so the rules hold every
 - a user the model cannot personalise gets segment popularity (region x age band from the
   users table), else region popularity (if a region is given), else global popularity,
   and the list says which fallback it is;
-- optional MMR diversity over categories, and a short plain-language reason per item.
+- optional MMR diversity over categories, and a short plain-language reason per item;
+- never an item whose ``min_age`` is above the youngest age of the resident's band
+  (:mod:`recsys.audience`, the one place of the minors rule, for every path and batch);
+- the resident's own choices (:mod:`recsys.controls`): with personalisation off, the list an
+  anonymous caller of no district gets (city-wide popularity and editorial picks, ``fallback``
+  ``not_personalized``); removed interest tags leave the history that drives the scores and
+  the list (:mod:`recsys.profile`); ``not_interested`` items never return and their nearest
+  items are demoted for a while (:mod:`recsys.feedback`); ``senior_mode`` (:mod:`recsys.senior`);
+- editorial slots filled from the operators' pool (:mod:`recsys.editorial`).
 
 Two paths, one result. A known user without live interactions is served from the
 bundle's precomputed candidates (:mod:`recsys.candidates`) when it has them: drop the
@@ -30,12 +38,14 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
+from recsys import audience, editorial, feedback, senior
 from recsys.ann import approximate_top_n
 from recsys.bundle import ModelBundle
 from recsys.candidates import NOT_ANCHORED, Candidates
 from recsys.confidence import to_confidence
 from recsys.models.base import PopularityScores, TrainingData
 from recsys.models.popularity import PopularityModel
+from recsys.profile import any_tag_mask
 from recsys.query import Filters, RecommendationList, Recommended, UnknownItem, UnknownRegion, UserContext
 from recsys.ranking import mmr, top_k, top_k_batch
 from recsys.reasons import Reasons, anchor_codes
@@ -66,6 +76,11 @@ class DeliveryEngine:
         """Replaced once (by the server) when the bundle came without them; read once per request."""
         self.ann = bundle.ann
         """The approximate index of a large catalog (recsys.ann): the full path scores only its candidates."""
+        self.controls = bundle.settings.controls
+        self.pool = np.flatnonzero(bundle.catalog.editorial)
+        """The editorial pool (item indices)."""
+        self._restricted: dict[str | None, np.ndarray | None] = {}
+        self._facets: sp.csr_matrix | None = None
 
     def use_candidates(self, candidates: Candidates) -> None:
         """Serve known users from ``candidates`` from now on (computed after the engine was built)."""
@@ -86,8 +101,11 @@ class DeliveryEngine:
             self._availability[bucket] = mask
         return mask
 
-    def allowed(self, filters: Filters) -> np.ndarray:
+    def allowed(self, filters: Filters, restricted: np.ndarray | None = None) -> np.ndarray:
+        """What a list may show at the request's filters, ``restricted`` items (:meth:`audience`) left out."""
         mask = self.available(filters.at).copy()
+        if restricted is not None:
+            mask &= ~restricted
         if filters.kind:
             mask &= self.catalog.kind_is(filters.kind)
         if filters.category:
@@ -117,31 +135,149 @@ class DeliveryEngine:
     # ---- per user --------------------------------------------------------------------
     def for_user(self, user_id: str, n: int, filters: Filters, *, diversity: float = 0.2,
                  context: UserContext | None = None, region: str | None = None) -> RecommendationList:
+        context = context or UserContext()
+        controls = context.controls
+        index = self.users.users.index_of(user_id)
+        age_band = self.age_band_of(index, context)
+        restricted = self.audience(age_band)
+        dismissed = self.dismissed_of(index, context)
+        if not controls.personalized:
+            return self._not_personalized(n, filters, restricted, dismissed)
         candidates = self.candidates
-        if candidates is not None and not (context and context.live_weights):
-            index = self.users.users.index_of(user_id)
-            if index >= 0:
-                fast = self._from_candidates(candidates, index, n, filters, diversity)
-                if fast is not None:
-                    return fast
+        if candidates is not None and not context.live_weights and index >= 0 and controls.untouched \
+                and not dismissed:
+            fast = self._from_candidates(candidates, index, n, filters, diversity, restricted)
+            if fast is not None:
+                start, end = self.bundle.weights.indptr[index], self.bundle.weights.indptr[index + 1]
+                history = self.bundle.weights[index]
+                return self._with_editorial("users", fast, n, self._pool_allowed(
+                    filters, restricted, self.bundle.weights.indices[start:end]), history)
         index, weights = self.history(user_id, context)
-        allowed = self.allowed(filters)
+        allowed = self.allowed(filters, restricted)
         allowed[weights.indices] = False
-        if weights.nnz == 0:
-            return self._fallback_for(index, n, allowed, filters, context, region)
-        live = bool(context and context.live_weights)
-        model_row = -1 if (live or index < 0) else index  # fold in whenever the history changed
-        if self.ann is not None:
-            return self._approximate_for(index, model_row, weights, n, allowed, filters, diversity)
-        scores = self.model.score(np.array([model_row]), self.confidence(weights))[0]
+        if dismissed:
+            allowed &= ~self._left_out(dismissed, filters.at)
+        scoring = weights
+        if controls.removed_tags:  # their items leave the list and the history that drives the scores
+            tagged = any_tag_mask(self.catalog, controls.removed_tags)
+            allowed &= ~tagged
+            scoring = _without_items(weights, tagged)
+        if scoring.nnz == 0:
+            return self._with_editorial("users", self._fallback_for(index, n, allowed, filters, context, region),
+                                        n, allowed, None)
+        live = bool(context.live_weights)
+        model_row = -1 if (live or index < 0 or scoring is not weights) else index  # fold in a changed history
+        aged = senior.applies(age_band, controls.senior_mode)
+        if self.ann is not None and not aged:
+            listed = self._approximate_for(index, model_row, scoring, n, allowed, filters, diversity)
+            return self._with_editorial("users", listed, n, allowed, scoring)
+        scores = self.model.score(np.array([model_row]), self.confidence(scoring))[0]
+        if aged:
+            scores = _unit(scores) + self._senior_bonus(index, context, filters)
         chosen = self._select(scores, n, allowed, diversity)
         if len(chosen) < n:  # a pure CF model may score few items; top up with popularity
             rest = allowed.copy()
             rest[chosen] = False
             chosen = np.concatenate([chosen, top_k(self.popularity.global_scores(), n - len(chosen), rest)])
-        codes = self._stored_anchors(index, chosen, weights) if model_row >= 0 else None
-        reasons = self.reasons.personal_for(chosen, weights.indices, weights.data, filters, codes)
-        return RecommendationList(self._items(chosen, scores, reasons))
+        codes = self._stored_anchors(index, chosen, scoring) if model_row >= 0 else None
+        reasons = self.reasons.personal_for(chosen, scoring.indices, scoring.data, filters, codes)
+        return self._with_editorial("users", RecommendationList(self._items(chosen, scores, reasons)), n, allowed,
+                                    scoring)
+
+    # ---- the resident's rules ----------------------------------------------------------
+    def age_band_of(self, index: int, context: UserContext | None) -> str | None:
+        """The resident's age band: the users table's, else what the caller says."""
+        if index >= 0 and self.users.age[index] >= 0:
+            return self.users.ages[int(self.users.age[index])]
+        return context.age_band if context else None
+
+    def audience(self, age_band: str | None) -> np.ndarray | None:
+        """Items a resident of ``age_band`` must not get (:mod:`recsys.audience`), cached per band."""
+        if age_band not in self._restricted:
+            self._restricted[age_band] = audience.restricted(self.catalog, age_band)
+        return self._restricted[age_band]
+
+    def dismissed_of(self, index: int, context: UserContext | None) -> dict[int, float]:
+        """The resident's ``not_interested`` items (index -> latest time): the artifact's and live ones."""
+        found: dict[int, float] = {}
+        stored = self.bundle.dismissed
+        if stored is not None and index >= 0:
+            row = stored[index]
+            found = dict(zip(row.indices.tolist(), row.data.tolist(), strict=True))
+        for item, when in (context.dismissed if context else {}).items():
+            found[item] = max(found.get(item, -math.inf), when)
+        return found
+
+    def _left_out(self, dismissed: dict[int, float], at: float) -> np.ndarray:
+        rules = self.controls
+        return feedback.left_out(len(self.catalog), dismissed, at, days=rules.not_interested_days,
+                                 similar=rules.not_interested_similar, similarity_of=self.similarity_of,
+                                 available=self.available(at))
+
+    def similarity_of(self, index: int) -> np.ndarray:
+        """How alike every item is to item ``index``: the model's notion, else content."""
+        similarity = self.model.item_similarity(index)
+        return similarity if similarity is not None else self.reasons.content_similarity(index)
+
+    def _senior_bonus(self, index: int, context: UserContext, filters: Filters) -> np.ndarray:
+        region = context.region
+        if index >= 0 and self.users.region[index] >= 0:
+            region = self.users.regions[int(self.users.region[index])]
+        return senior.senior_bonus(self.catalog, self.controls.senior, timezone=self.bundle.settings.timezone,
+                                   lat=filters.lat, lon=filters.lon, region=region)
+
+    def _not_personalized(self, n: int, filters: Filters, restricted: np.ndarray | None,
+                          dismissed: dict[int, float]) -> RecommendationList:
+        """What an anonymous caller of no district gets (the resident's own "no" and the minors
+        rule still hold: they are the resident's choice and the law, not a characteristic)."""
+        allowed = self.allowed(filters, restricted)
+        if dismissed:
+            allowed &= ~self._left_out(dismissed, filters.at)
+        scores = self.popularity.global_scores()
+        chosen = top_k(scores, n, allowed)
+        listed = RecommendationList(self._items(chosen, scores, self.reasons.fallback(chosen, "popularity", filters)),
+                                    fallback="not_personalized")
+        return self._with_editorial("users", listed, n, allowed, None)
+
+    # ---- editorial slots ---------------------------------------------------------------
+    def _pool_allowed(self, filters: Filters, restricted: np.ndarray | None, seen: np.ndarray) -> np.ndarray:
+        """Which items the list may show, judged at the pool's items only (others False)."""
+        allowed = np.zeros(len(self.catalog), dtype=bool)
+        if len(self.pool):
+            allowed[self.pool] = self._allowed_among(self.pool, filters)
+            if restricted is not None:
+                allowed[self.pool] &= ~restricted[self.pool]
+            allowed[seen] = False
+        return allowed
+
+    def _with_editorial(self, list_name: str, listed: RecommendationList, n: int, allowed: np.ndarray,
+                        history: sp.csr_matrix | None) -> RecommendationList:
+        """``listed`` with its editorial slots filled (:mod:`recsys.editorial`)."""
+        rules = self.controls
+        slots = [slot for slot in rules.editorial_slots if slot <= n] if list_name in rules.editorial_lists else []
+        if not slots or not len(self.pool):
+            return listed
+        affinity = self._affinity(history)
+        best = editorial.ranked_pool(self.pool, allowed, self.popularity.global_scores(), affinity, len(slots))
+        phrase = "editorial_match" if affinity is not None else "editorial"
+        picks = [Recommended(int(item), self.catalog.items.id_of(int(item)),
+                             float(affinity[item]) if affinity is not None else 0.0,
+                             self.reasons.phrases[phrase]) for item in best.tolist()]
+        return RecommendationList(editorial.fill_slots(listed.items, picks, slots, n), fallback=listed.fallback)
+
+    def _affinity(self, history: sp.csr_matrix | None) -> np.ndarray | None:
+        """Content affinity of every item with a history (None without one)."""
+        if history is None or history.nnz == 0:
+            return None
+        if self._facets is None:
+            self._facets = self.catalog.feature_matrix()
+        profile = (history @ self._facets).toarray().ravel()
+        total = float(np.abs(profile).sum())
+        if total == 0:
+            return None
+        affinity = np.zeros(len(self.catalog), dtype=np.float64)
+        affinity[self.pool] = self._facets[self.pool] @ (profile / total)
+        return affinity
 
     def _approximate_for(self, index: int, model_row: int, weights: sp.csr_matrix, n: int, allowed: np.ndarray,
                          filters: Filters, diversity: float) -> RecommendationList:
@@ -165,12 +301,14 @@ class DeliveryEngine:
         return RecommendationList(self._listed(chosen, chosen_scores, reasons))
 
     def _from_candidates(self, candidates: Candidates, index: int, n: int, filters: Filters,
-                         diversity: float) -> RecommendationList | None:
+                         diversity: float, restricted: np.ndarray | None = None) -> RecommendationList | None:
         """The list from the user's precomputed candidates, or None when they cannot decide it."""
         if candidates.slot(index) < 0:  # a user the lists do not cover
             return None
         items, scores = candidates.row(index)
         keep = self._allowed_among(items, filters)
+        if restricted is not None:
+            keep &= ~restricted[items]
         needed = n * CANDIDATE_FACTOR if diversity > 0 else n
         survivors = int(np.count_nonzero(keep))
         # too few: the full path's top ``needed`` may hold items beyond the list, unless the
@@ -232,6 +370,11 @@ class DeliveryEngine:
             ("popularity", self.popularity.global_scores()),
         ]
         label, scores = next((name, s) for name, s in options if s is not None)
+        declared = context.controls.declared_tags if context else {}
+        if declared:  # a cold resident who picked interests: their items first, popularity within
+            liked = any_tag_mask(self.catalog, declared)
+            scores = _unit(scores) + self.controls.declared_boost * liked
+            label = "declared_interests"
         chosen = top_k(scores, n, allowed)
         reasons = self.reasons.fallback(chosen, label, filters)
         return RecommendationList(self._items(chosen, scores, reasons), fallback=label)
@@ -257,16 +400,18 @@ class DeliveryEngine:
         """A district's pooled taste (its users' histories, each normalised) plus its popularity."""
         if region not in self.users.regions and region not in self.catalog.regions:
             raise UnknownRegion(region)
-        allowed = self.allowed(filters)
         popular = self.popularity.segment_scores(region, age_band) if age_band else None
         popular = popular if popular is not None else self.popularity.region_scores(region)
+        allowed = self.allowed(filters, self.audience(age_band))
         pooled = self._region_pool(region, age_band)
         if pooled.nnz == 0 or popular is None:
-            return self._fallback_for(-1, n, allowed, filters, UserContext(region=region, age_band=age_band), region)
+            listed = self._fallback_for(-1, n, allowed, filters, UserContext(region=region, age_band=age_band), region)
+            return self._with_editorial("regions", listed, n, allowed, None)
         taste = self.model.score(np.array([-1]), self.confidence(pooled))[0]
         scores = 0.5 * _unit(taste) + 0.5 * _unit(popular)
         chosen = self._select(scores, n, allowed, diversity)
-        return RecommendationList(self._items(chosen, scores, self.reasons.regional(chosen, filters)))
+        listed = RecommendationList(self._items(chosen, scores, self.reasons.regional(chosen, filters)))
+        return self._with_editorial("regions", listed, n, allowed, pooled)
 
     def _region_pool(self, region: str, age_band: str | None) -> sp.csr_matrix:
         key = (region, age_band)
@@ -301,14 +446,39 @@ class DeliveryEngine:
         """Top-n item indices and scores for many training-axis users (no diversity).
 
         Indices are padded with -1 (scores with nan). Users without history get their
-        segment popularity; every user's history is excluded.
+        segment popularity; every user's history is excluded, and so is every item a user's
+        age band must not get (:mod:`recsys.audience`).
         """
         rows = np.asarray(rows, dtype=np.int64)
-        if self.ann is not None:
-            return self._approximate_rows(rows, n, at, batch_size)
         items = np.full((len(rows), n), -1, dtype=np.int64)
         values = np.full((len(rows), n), np.nan, dtype=np.float32)
-        allowed = self.available(at)
+        available = self.available(at)
+        for positions, restricted in self._audience_groups(rows):
+            allowed = available & ~restricted if restricted is not None else available
+            rank = self._approximate_rows if self.ann is not None else self._exact_rows
+            items[positions], values[positions] = rank(rows[positions], n, allowed, batch_size)
+        return items, values
+
+    def _audience_groups(self, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """``rows`` split by what their age band must not get: (positions in ``rows``, mask or None)."""
+        codes = self.users.age[rows] if len(rows) else np.zeros(0, dtype=np.int64)
+        groups: list[tuple[np.ndarray, np.ndarray | None]] = []
+        free = np.ones(len(rows), dtype=bool)
+        for code, band in enumerate(self.users.ages):
+            restricted = self.audience(band)
+            if restricted is not None:
+                members = codes == code
+                free &= ~members
+                if members.any():
+                    groups.append((np.flatnonzero(members), restricted))
+        if free.any():
+            groups.append((np.flatnonzero(free), None))
+        return groups
+
+    def _exact_rows(self, rows: np.ndarray, n: int, allowed: np.ndarray,
+                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        items = np.full((len(rows), n), -1, dtype=np.int64)
+        values = np.full((len(rows), n), np.nan, dtype=np.float32)
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             weights = self.bundle.weights[chunk]
@@ -323,12 +493,11 @@ class DeliveryEngine:
             values[start:start + len(chunk)] = np.where(filled, picked, np.nan)
         return items, values
 
-    def _approximate_rows(self, rows: np.ndarray, n: int, at: float,
+    def _approximate_rows(self, rows: np.ndarray, n: int, allowed: np.ndarray,
                           batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`top_n_for_rows` through the approximate index (no dense users x catalog scores)."""
+        """:meth:`_exact_rows` through the approximate index (no dense users x catalog scores)."""
         items = np.full((len(rows), n), -1, dtype=np.int64)
         values = np.full((len(rows), n), np.nan, dtype=np.float32)
-        allowed = self.available(at)
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             weights = self.bundle.weights[chunk]
@@ -357,6 +526,13 @@ def _popularity_of(bundle: ModelBundle) -> PopularityScores:
         return own
     data = TrainingData(bundle.weights, bundle.weights, bundle.catalog, bundle.users)
     return PopularityModel().fit(data)
+
+
+def _without_items(weights: sp.csr_matrix, items: np.ndarray) -> sp.csr_matrix:
+    """A 1 x items history without the entries at ``items`` (a bool mask)."""
+    kept = ~items[weights.indices]
+    return sp.csr_matrix((weights.data[kept], (np.zeros(int(kept.sum()), dtype=np.int64), weights.indices[kept])),
+                         shape=weights.shape)
 
 
 def _unit(scores: np.ndarray) -> np.ndarray:

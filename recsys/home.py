@@ -69,6 +69,11 @@ class EngineHome:
         return self.store / "tombstones.jsonl"
 
     @property
+    def controls(self) -> Path:
+        """The residents' own choices (personalisation, senior mode, interest tags): recsys.controls."""
+        return self.store / "user_controls.jsonl"
+
+    @property
     def requests(self) -> Path:
         """Residents' requests (点单), rewritten whole by each ingest that changes them."""
         return self.store / "requests.parquet"

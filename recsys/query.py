@@ -3,7 +3,8 @@
 The types every layer passes to and from :mod:`recsys.delivery` (the API, batch
 recommend, the reasons): the request's filters and what the caller knows about the user,
 the list and its items, and the errors for an id the engine does not know. They depend on
-nothing else in the core, so any module can name them without importing the engine.
+nothing in the core but the residents' controls (:mod:`recsys.controls`), so any module can
+name them without importing the engine.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from recsys.controls import DEFAULT as DEFAULT_CONTROLS
+from recsys.controls import UserControls
 
 
 class UnknownItem(KeyError):
@@ -34,11 +38,15 @@ class Filters:
 
 @dataclass
 class UserContext:
-    """What the caller knows about a user beyond the model: live interactions and a profile."""
+    """What the caller knows about a user beyond the model: live interactions, a profile, and
+    the resident's own choices."""
 
     live_weights: Mapping[int, float] = field(default_factory=dict)
     region: str | None = None
     age_band: str | None = None
+    dismissed: Mapping[int, float] = field(default_factory=dict)
+    """Items the resident said ``not_interested`` to (index -> epoch seconds), beyond the artifact's."""
+    controls: UserControls = DEFAULT_CONTROLS
 
 
 class Recommended(NamedTuple):
@@ -49,6 +57,8 @@ class Recommended(NamedTuple):
     item_id: str
     score: float
     reason: str
+    editorial: bool = False
+    """Placed by an editorial slot (:mod:`recsys.editorial`), not by the ranking."""
 
 
 @dataclass

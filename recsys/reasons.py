@@ -25,6 +25,9 @@ PHRASES = {
         "popularity": "全市热门",
         "regional": "本区居民喜爱",
         "similar": "与《{title}》相似",
+        "declared_interests": "你选择的兴趣",
+        "editorial": "编辑推荐",
+        "editorial_match": "编辑推荐 · 符合你的兴趣",
     },
     "en": {
         "attended": "Because you attended “{title}”",
@@ -37,6 +40,9 @@ PHRASES = {
         "popularity": "Popular in the city",
         "regional": "Loved by residents of this district",
         "similar": "Similar to “{title}”",
+        "declared_interests": "From the interests you picked",
+        "editorial": "Editors' pick",
+        "editorial_match": "Editors' pick for your interests",
     },
 }
 

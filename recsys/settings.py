@@ -38,6 +38,58 @@ class AnnSettings(BaseModel):
     seed: int = 0
 
 
+class SeniorWeights(BaseModel):
+    """What ``senior_mode`` adds to a 60+ resident's scores (min-max normalised to 0..1 first).
+
+    Each weight is added once for an item that has the quality, so 0.15 lifts a nearby item
+    above any item scoring up to 0.15 less; 0 switches a preference off.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    nearby: float = Field(0.15, ge=0, description="offline items within nearby_km of the request's place, or in "
+                                                  "the resident's district when no place is given")
+    nearby_km: float = Field(3.0, gt=0, description="how near is nearby")
+    daytime: float = Field(0.1, ge=0, description="items starting between day_start_hour and day_end_hour "
+                                                  "(local time), or with no start time")
+    day_start_hour: int = Field(8, ge=0, le=23)
+    day_end_hour: int = Field(17, ge=1, le=24)
+    free: float = Field(0.1, ge=0, description="items marked is_free")
+    digital: float = Field(0.1, ge=0, description="digital items (kind digital, or no place): reachable from home")
+
+
+EditorialList = Literal["users", "regions"]
+EDITORIAL_LISTS: tuple[EditorialList, ...] = ("users", "regions")
+
+
+class ControlSettings(BaseModel):
+    """The rules behind the residents' controls and the operators' editorial slots (recsys.controls)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    not_interested_days: float = Field(
+        30.0, ge=0, description="days after a not_interested during which the item's nearest items are demoted")
+    not_interested_similar: int = Field(
+        3, ge=0, description="how many of the dismissed item's nearest items are demoted (left out of the list)")
+    editorial_slots: list[int] = Field(
+        default_factory=lambda: [3], description="1-based list positions held for the editorial pool")
+    editorial_lists: list[EditorialList] = Field(
+        default_factory=lambda: list(EDITORIAL_LISTS), description="which lists have editorial slots")
+    editorial_pool_file: str | None = Field(
+        None, description="a text file of item ids (one a line) added to the items flagged editorial; read "
+                          "at training and kept with the model version")
+    declared_boost: float = Field(
+        0.5, ge=0, description="added to the 0..1 popularity of items carrying a tag a cold resident declared")
+    senior: SeniorWeights = Field(default_factory=SeniorWeights)
+
+    @field_validator("editorial_slots")
+    @classmethod
+    def _positions(cls, slots: list[int]) -> list[int]:
+        if any(slot < 1 for slot in slots):
+            raise ValueError("editorial slots are 1-based list positions")
+        return sorted(set(slots))
+
+
 class EngineSettings(BaseSettings):
     """How raw interactions become confidence, shared by training, serving and reports."""
 
@@ -56,6 +108,7 @@ class EngineSettings(BaseSettings):
     rating_min: float = Field(-10.0, description="lowest `rate` value accepted (else rating_out_of_range)")
     rating_max: float = Field(10.0, description="highest `rate` value accepted (else rating_out_of_range)")
     ann: AnnSettings = Field(default_factory=AnnSettings)
+    controls: ControlSettings = Field(default_factory=ControlSettings)
     exposure: ExposureSettings = Field(default_factory=ExposureSettings)
     """Exposure floors of provider groups (the config's ``[exposure]`` table, recsys.exposure)."""
 
