@@ -204,3 +204,23 @@ def status_of(request: Request, catalog: Catalog, centres: dict[str, tuple[float
         return Answer("matched", first, moment)
     ends = request.wanted_until or request.ts + timedelta(days=OPEN_DAYS)
     return Answer("closed" if now > ends else "open")
+
+
+KIND_NOUNS: dict[str, tuple[str, str]] = {
+    "opera": ("演出", "performances"), "event": ("活动", "events"), "exhibition": ("展览", "exhibitions"),
+    "film": ("放映", "screenings"), "course": ("课程", "courses"), "lecture": ("讲座", "lectures"),
+}
+"""How a reason names a kind of item (zh, en); other kinds read as activities."""
+
+
+def answered_reason(request: Request, catalog: Catalog, item: int, lang: str = "zh") -> str:
+    """The line shown next to an item that answers the resident's request, e.g. "你点单的戏曲演出已上线"."""
+    zh = lang == "zh"
+    if request.item_id is not None:
+        title = catalog.title[item] or request.item_id
+        return f"你点单的《{title}》已上线" if zh else f"The programme you asked for, {title}, is now on"
+    kind = catalog.kind_name(item) or request.kind or ""
+    noun = KIND_NOUNS.get(kind, ("活动", "activities"))[0 if zh else 1]
+    if zh:
+        return f"你点单的{request.category or ''}{noun}已上线"
+    return f"The {request.category + ' ' if request.category else ''}{noun} you asked for are now on"

@@ -46,7 +46,7 @@ from serving.ratelimit import TokenBuckets
 from serving.redact import install_access_log_redaction
 from serving.reload_requests import ReloadRequests
 from serving.reports import ReportFiles
-from serving.routers import admin, interactions, ops, recommendations, reports
+from serving.routers import admin, interactions, ops, recommendations, reports, requests
 from serving.segment_tail import SegmentTail
 from serving.segments import SegmentWriter
 from serving.sources import DirectorySource, ModelSource, RegistrySource
@@ -54,7 +54,7 @@ from serving.state import ModelHolder, ServedModel
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (recommendations, interactions, ops, admin, reports)
+ROUTERS = (recommendations, interactions, ops, admin, reports, requests)
 
 DESCRIPTION = """\
 Recommendations for a public cultural-resource platform (文化云): personal lists, district

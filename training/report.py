@@ -13,6 +13,12 @@ Interactions flagged at ingest as likely poisoning (:mod:`features.poisoning`) a
 out of every number and do not move the window; ``meta.json``, ``summary.json`` and the
 page say how many were left out and why (``left_out``).
 
+Residents' requests (点单, :mod:`features.request_aggregates`), when the store holds any,
+add ``request_demand`` (requested, engaged and supplied per district x category, "asked
+for, not offered" flagged), ``requested_programmes`` and ``request_answers`` (answered
+requests and median days to an answer per district) as Parquet and CSV, a ``requests``
+block per district in ``summary.json`` and a section of the page.
+
 Every number in every output is already suppressed where it rests on fewer than
 ``min_users`` people.
 """
@@ -33,8 +39,11 @@ from typing import Any
 import polars as pl
 
 from features.aggregates import ReportTables, plan_report
+from features.ingest.requests import stored_requests
 from features.poisoning import left_out, without_flagged
+from features.request_aggregates import RequestTables, request_tables
 from features.store import scan_interactions, scan_items, scan_users
+from recsys.appendlog import read_tombstones
 from recsys.contract import parse_timestamp
 from recsys.home import EngineHome
 from recsys.settings import EngineSettings
@@ -43,6 +52,7 @@ from training.report_html import LANGS, region_name, render_report
 log = logging.getLogger(__name__)
 
 TABLES: tuple[str, ...] = ("preferences", "supply_demand", "trends")
+REQUEST_TABLES: tuple[str, ...] = ("request_demand", "requested_programmes", "request_answers")
 TOP_LIFTS = 10
 TOP_TRENDS = 10
 ARTIFACT_PATH = "report"
@@ -113,14 +123,17 @@ def write_report(
     if bounds.get("window_end") is None:
         raise ValueError(f"the store at {engine_home.store} holds no interactions up to now "
                          f"({now.isoformat(timespec='seconds')}); ingest data first")
+    requested = _request_tables(engine_home, tables, bounds, min_users)
 
     meta = _meta(bounds, window_days=window_days, min_users=min_users, lang=lang,
                  at_given=moment is not None, settings=settings)
     meta["left_out"] = left_out_since(interactions, bounds["prev_start"], now)
     summary = build_summary(tables, meta)
-    staging = _write_staging(destination, tables, summary, meta, lang)
+    if requested is not None:
+        add_requests(summary, requested)
+    staging = _write_staging(destination, tables, summary, meta, lang, requested)
     _publish(staging, destination)
-    files = {name: destination / filename for name, filename in _file_names().items()}
+    files = {name: destination / filename for name, filename in _file_names(requested is not None).items()}
     result = _summarise(destination, files, bounds, tables, summary, time.perf_counter() - started)
     log.info("report for %s .. %s written to %s in %.2fs", result.window_start, result.window_end,
              destination, result.seconds)
@@ -164,9 +177,35 @@ def _meta(bounds: dict[str, Any], *, window_days: int, min_users: int, lang: str
     }
 
 
-def _file_names() -> dict[str, str]:
+def _request_tables(home: EngineHome, tables: ReportTables, bounds: dict[str, Any],
+                    min_users: int) -> RequestTables | None:
+    """The request tables when the store holds requests (None otherwise: the report has no such section)."""
+    if not home.requests.exists():
+        return None
+    erased = frozenset(t.user_id for t in read_tombstones(home.tombstones)[0])
+    return request_tables(stored_requests(home, erased), scan_items(home).collect(), tables.preferences, bounds,
+                          min_users=min_users)
+
+
+def add_requests(summary: dict[str, Any], requested: RequestTables) -> None:
+    """Each district's block gets ``requests``: asked-for-not-offered, top programmes, answers."""
+    for code, block in summary["regions"].items():
+        demand = requested.demand.filter((pl.col("region_code") == code) & ~pl.col("suppressed"))
+        answers = requested.answers.filter(pl.col("region_code") == code)
+        block["requests"] = {
+            "asked_not_offered": _records(demand.filter(pl.col("asked_not_offered")).select(
+                "rank", "category", "requesters", "engaged_users", "supply_items")),
+            "demand": _records(demand.select("category", "requesters", "engaged_users", "supply_items",
+                                             "asked_not_offered")),
+            "programmes": _records(requested.programmes.filter(pl.col("region_code") == code).select(
+                "rank", "item_id", "title", "category", "requesters")),
+            "answers": _records(answers.drop("region_code"))[0] if answers.height else None,
+        }
+
+
+def _file_names(with_requests: bool = False) -> dict[str, str]:
     names = {"html": "report.html", "summary": "summary.json", "meta": "meta.json"}
-    for table in TABLES:
+    for table in (*TABLES, *(REQUEST_TABLES if with_requests else ())):
         names[f"{table}_parquet"] = f"{table}.parquet"
         names[f"{table}_csv"] = f"{table}.csv"
     return names
@@ -254,7 +293,7 @@ def build_summary(tables: ReportTables, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_staging(destination: Path, tables: ReportTables, summary: dict[str, Any], meta: dict[str, Any],
-                   lang: str) -> Path:
+                   lang: str, requested: RequestTables | None = None) -> Path:
     """Write every file into a fresh sibling directory of ``destination``."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = destination.parent / f".{destination.name}.staging-{uuid.uuid4().hex[:8]}"
@@ -264,6 +303,11 @@ def _write_staging(destination: Path, tables: ReportTables, summary: dict[str, A
             frame: pl.DataFrame = getattr(tables, table)
             frame.write_parquet(staging / f"{table}.parquet")
             frame.write_csv(staging / f"{table}.csv")
+        if requested is not None:
+            for table, frame in zip(REQUEST_TABLES, (requested.demand, requested.programmes, requested.answers),
+                                    strict=True):
+                frame.write_parquet(staging / f"{table}.parquet")
+                frame.write_csv(staging / f"{table}.csv")
         _write_json(staging / "summary.json", summary)
         _write_json(staging / "meta.json", meta)
         html = render_report(tables, summary, meta, lang=lang)

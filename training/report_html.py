@@ -147,6 +147,16 @@ TEXT: dict[str, dict[str, str]] = {
         "pp": "{x} 个百分点",
         "contents": "目录",
         "city_average": "全市",
+        "requests": "点单：群众要什么",
+        "requests_note": "居民点单（按类别或菜单节目）与行为参与、实际供给并列；“点了却没有”指至少 {k} 名居民点单、"
+                         "但本区窗口内没有该类别内容上线。人数不足 {k} 人的点单不显示。",
+        "asked_not_offered": "点了却没有",
+        "requested": "点单人数",
+        "engaged": "参与人数",
+        "supplied": "供给（条）",
+        "programmes": "点单最多的菜单节目",
+        "answers": "点单响应：{answered}/{requests} 条已有匹配内容，中位响应 {days} 天",
+        "no_requests": "没有达到 {k} 人的点单。",
     },
     "en": {
         "title": "Demand perception report for cultural planners",
@@ -200,6 +210,18 @@ TEXT: dict[str, dict[str, str]] = {
         "pp": "{x} pp",
         "contents": "Contents",
         "city_average": "city",
+        "requests": "Requests (点单): what residents ask for",
+        "requests_note": "Residents' requests (by category or menu programme) next to behaviour and supply; "
+                         "'asked for, not offered' means at least {k} residents asked and nothing of the "
+                         "category was live in the district in the window. Requests of fewer than {k} "
+                         "residents are not shown.",
+        "asked_not_offered": "asked for, not offered",
+        "requested": "requesters",
+        "engaged": "engaged users",
+        "supplied": "items supplied",
+        "programmes": "Most requested menu programmes",
+        "answers": "Responsiveness: {answered}/{requests} requests have a matching item; median {days} days",
+        "no_requests": "No request reached {k} residents.",
     },
 }
 
@@ -476,6 +498,7 @@ th, td { text-align: left; padding: 4px 10px; border-bottom: 1px solid #e5e7eb; 
 td.num { text-align: right; }
 nav a { margin-right: 10px; font-size: 13px; color: #0f766e; }
 h4 { font-size: 14px; margin: 14px 0 4px; color: #374151; }
+tr.gap td { background: #fff7ed; font-weight: 600; }
 .cols { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 8px 28px; }
 """.replace("%FONT%", FONT_STACK)
 
@@ -489,6 +512,7 @@ def render_report(tables: ReportTables, summary: dict[str, Any], meta: dict[str,
         _highlights(tables, text, lang),
         _overview(tables, summary, columns, text, lang),
         _areas_section(tables, columns, text, lang),
+        _requests_section(summary, meta, text, lang),
         f'<h2 id="regions">{escape(text["regions"])}</h2>',
         _contents(summary, lang),
         *[_region_section(code, block, tables, meta, text, lang) for code, block in summary["regions"].items()],
@@ -601,6 +625,59 @@ def _areas_section(tables: ReportTables, columns: list[tuple[str, str]], text: d
     )
     chart = heatmap_svg(rows, columns, _lift_cells(visible, "segment"), text=text, label=text["areas"])
     return f'<h2 id="areas">{escape(text["areas"])}</h2><div class="card">{chart}</div>'
+
+
+def _requests_section(summary: dict[str, Any], meta: dict[str, Any], text: dict[str, str], lang: str) -> str:
+    """Per district: requested vs engaged vs supplied, "asked for, not offered" first; programmes; answers."""
+    blocks = {code: block["requests"] for code, block in summary["regions"].items() if block.get("requests")}
+    if not blocks:
+        return ""
+    k = meta["min_users"]
+    parts = [f'<h2 id="requests">{escape(text["requests"])}</h2>',
+             f'<p class="note">{escape(text["requests_note"].format(k=k))}</p>']
+    for code, requests in blocks.items():
+        if not requests["demand"] and not requests["programmes"]:
+            continue
+        parts.append(f'<section class="card requests" id="requests-{section_id(code)}">'
+                     f'<h3>{escape(region_name(code, lang))}</h3>{_demand_table(requests["demand"], text, lang)}'
+                     f'{_programme_table(requests["programmes"], text)}{_answers_line(requests["answers"], text)}'
+                     "</section>")
+    return "".join(parts)
+
+
+def _demand_table(rows: list[dict[str, Any]], text: dict[str, str], lang: str) -> str:
+    head = "".join(f"<th>{escape(text[k])}</th>" for k in ("category", "requested", "engaged", "supplied"))
+    ordered = sorted(rows, key=lambda r: (not r["asked_not_offered"], -(r["requesters"] or 0), r["category"]))
+    body = "".join(
+        f'<tr class="{"gap" if r["asked_not_offered"] else ""}"><td>{escape(category_label(r["category"], lang))}'
+        f'{" · " + escape(text["asked_not_offered"]) if r["asked_not_offered"] else ""}</td>'
+        f'<td class="num">{_count(r["requesters"])}</td><td class="num">{_count(r["engaged_users"])}</td>'
+        f'<td class="num">{_count(r["supply_items"])}</td></tr>'
+        for r in ordered)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _programme_table(rows: list[dict[str, Any]], text: dict[str, str]) -> str:
+    if not rows:
+        return ""
+    body = "".join(f'<tr><td class="num">{int(r["rank"])}</td><td>{escape(r["title"] or r["item_id"])}</td>'
+                   f'<td class="num">{int(r["requesters"]):,}</td></tr>' for r in rows)
+    return (f'<h4>{escape(text["programmes"])}</h4><table><thead><tr><th>{escape(text["rank"])}</th>'
+            f'<th>{escape(text["item"])}</th><th>{escape(text["requested"])}</th></tr></thead>'
+            f"<tbody>{body}</tbody></table>")
+
+
+def _answers_line(answers: dict[str, Any] | None, text: dict[str, str]) -> str:
+    if not answers or answers["suppressed"]:
+        return ""
+    days = answers["median_days_to_answer"]
+    line = text["answers"].format(answered=answers["answered"], requests=answers["requests"],
+                                  days="—" if days is None else f"{days:.1f}")
+    return f'<p class="sub">{escape(line)}</p>'
+
+
+def _count(value: int | None) -> str:
+    return "—" if value is None else f"{int(value):,}"
 
 
 def _contents(summary: dict[str, Any], lang: str) -> str:

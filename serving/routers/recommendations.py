@@ -37,6 +37,8 @@ from serving.deps import (
 )
 from serving.encode import list_fields, user_list_json
 from serving.list_query import UserListQuery, parse_query, query_parameters
+from serving.request_answers import lift_answers
+from serving.request_book import book_of
 from serving.schemas import RegionRecommendations, SimilarItems, UserRecommendations
 
 
@@ -72,6 +74,7 @@ async def user_recommendations(user_id: Id, request: Request, _: PersonalReaderD
     context = UserContext(live_weights=svc.live.weights_for(user_id, engine.catalog.items))
     result = engine.for_user(user_id, query.n, filters, diversity=query.diversity, context=context,
                              region=query.region)
+    result = lift_answers(result, user_id, book_of(request), engine, filters, query.n, svc.settings.lang)
     svc.metrics.listed("users", result.fallback, len(result.items))
     return user_list_json(served.version, engine, result, user_id)
 
