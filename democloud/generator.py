@@ -858,12 +858,27 @@ def _items_frame(items: _Items) -> pl.DataFrame:
         "provider": items.provider,
         "is_free": items.is_free,
         "hidden": items.hidden,
+        **_audience_columns(len(items.kind)),
     })
     frame = frame.with_columns(
         pl.when(pl.Series(digital)).then(None).otherwise(pl.col("ends_at")).alias("ends_at"),
         pl.when(pl.col("capacity") < 0).then(None).otherwise(pl.col("capacity")).alias("capacity"),
     )
     return frame.select([pl.col(c).cast(t) for c, t in schemas.ITEMS.items()])
+
+
+ADULTS_ONLY_EVERY = 97
+"""Every 97th item is for adults only (``min_age`` 18), so the minors rule has something to act on."""
+EDITORIAL_EVERY = 211
+"""Every 211th item is in the editorial pool."""
+
+
+def _audience_columns(n: int) -> dict[str, pl.Series]:
+    """``min_age`` and ``editorial`` by position: no random draw, so every other column stays as it was."""
+    position = np.arange(n)
+    adults = position % ADULTS_ONLY_EVERY == ADULTS_ONLY_EVERY - 1
+    return {"min_age": pl.Series(np.where(adults, 18, 0)).cast(pl.Int64).set(pl.Series(~adults), None),
+            "editorial": pl.Series(position % EDITORIAL_EVERY == EDITORIAL_EVERY - 1)}
 
 
 def _interactions_frame(events: _Log, user_ids: pl.Series, item_ids: pl.Series) -> pl.DataFrame:

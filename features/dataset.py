@@ -30,7 +30,8 @@ import polars as pl
 import scipy.sparse as sp
 
 from features import store
-from features.events import clean_events, positive_events, weighted_pairs
+from features.events import clean_events, dismissals, positive_events, weighted_pairs
+from features.poisoning import without_flagged
 from features.splits import (
     MIN_EVAL_USERS,
     MIN_TRAIN_USERS,
@@ -68,6 +69,8 @@ class Dataset:
     """``time`` (global cutoff) or ``holdout`` (per user); ``none`` without a split."""
     note: str = ""
     """What the split is, in a sentence for the CLI and the run's tags."""
+    dismissed: sp.csr_matrix | None = None
+    """Users x items: each user's latest ``not_interested`` on an item (epoch seconds), for the artifact."""
 
 
 def load_dataset(home: EngineHome, settings: EngineSettings, *, test_days: float | None = 7,
@@ -124,6 +127,7 @@ def build_dataset(frames: StoreFrames, settings: EngineSettings, *, test_days: f
         "items": frames.items.join(item_axis, on="item_id").sort("i"),
         "users": user_axis.join(frames.users, on="user_id", how="left").sort("u"),
         "full": axes.indexed(weighted_pairs(events, settings, end)),
+        "dismissed": _dismissed_plan(frames, axes, now or datetime.now(UTC)),
     }
     if use_time:
         for name, (cutoff, until) in windows.items():
@@ -137,12 +141,26 @@ def build_dataset(frames: StoreFrames, settings: EngineSettings, *, test_days: f
     shape = (len(users), len(catalog))
     full = _training_data(collected["full"], shape, catalog, users, settings, seed)
     dataset = Dataset(full=full, split=None, data_start=start, data_end=end, n_events=int(n_events),
-                      protocol="none", note="no split")
+                      protocol="none", note="no split", dismissed=_seconds_csr(collected["dismissed"], shape))
     if use_time:
         _time_splits(dataset, collected, windows, shape, settings, seed, truth_kind)
     elif windows:
         _holdout_splits(dataset, collected["truth_pairs"], settings, seed, truth_kind, validation, test_days)
     return dataset
+
+
+def _dismissed_plan(frames: StoreFrames, axes: _Axes, now: datetime) -> pl.LazyFrame:
+    """Each (u, i) pair's latest ``not_interested``, as epoch seconds in ``weight``."""
+    latest = dismissals(_present(without_flagged(frames.interactions), now))
+    return axes.indexed(latest.with_columns(weight=pl.col("ts").dt.epoch("ms") / 1000.0))
+
+
+def _seconds_csr(pairs: pl.DataFrame, shape: tuple[int, int]) -> sp.csr_matrix:
+    """A float64 CSR of times (float32 would round an epoch to minutes)."""
+    matrix = sp.csr_matrix((pairs["weight"].to_numpy().astype(np.float64),
+                            (pairs["u"].to_numpy(), pairs["i"].to_numpy())), shape=shape)
+    matrix.sort_indices()
+    return matrix
 
 
 class _Axes:

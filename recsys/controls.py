@@ -111,7 +111,8 @@ class ControlsLog:
         self.is_erased = is_erased or (lambda _user: False)
         self._states: dict[str, UserControls] = {}
         self._offset = 0
-        self._lock = threading.Lock()
+        # re-entrant: ``is_erased`` may announce an erasure, whose handler calls :meth:`forget`
+        self._lock = threading.RLock()
 
     def of(self, user_id: str) -> UserControls:
         """The user's controls, after reading whatever any process appended since the last look."""

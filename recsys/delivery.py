@@ -459,6 +459,27 @@ class DeliveryEngine:
             items[positions], values[positions] = rank(rows[positions], n, allowed, batch_size)
         return items, values
 
+    def with_editorial_rows(self, rows: np.ndarray, items: np.ndarray, values: np.ndarray,
+                            at: float) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`top_n_for_rows` lists with their editorial slots filled as the API fills them."""
+        n = items.shape[1]
+        if not self.pool.size or "users" not in self.controls.editorial_lists or not self.controls.editorial_slots:
+            return items, values
+        items, values = items.copy(), values.copy()
+        filters = Filters(at=at)
+        for position, row in enumerate(np.asarray(rows).tolist()):
+            history = self.bundle.weights[row]
+            filled = items[position] >= 0
+            listed = RecommendationList([Recommended(int(i), "", float(v), "") for i, v in
+                                         zip(items[position][filled].tolist(), values[position][filled].tolist(),
+                                             strict=True)])
+            allowed = self._pool_allowed(filters, self.audience(self.age_band_of(row, None)), history.indices)
+            placed = self._with_editorial("users", listed, n, allowed, history).items
+            items[position], values[position] = -1, np.nan
+            items[position, :len(placed)] = [r.item for r in placed]
+            values[position, :len(placed)] = [r.score for r in placed]
+        return items, values
+
     def _audience_groups(self, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """``rows`` split by what their age band must not get: (positions in ``rows``, mask or None)."""
         codes = self.users.age[rows] if len(rows) else np.zeros(0, dtype=np.int64)

@@ -39,11 +39,14 @@ def ranked_pool(pool: np.ndarray, allowed: np.ndarray, popularity: np.ndarray,
 
 def fill_slots(listed: list[Recommended], picks: list[Recommended], slots: list[int], n: int) -> list[Recommended]:
     """``listed`` with ``picks`` (best first) placed at the 1-based ``slots`` up to ``n`` items;
-    a pick already in the list moves to its slot."""
+    a pick already in the list moves to its slot. A pick takes the score of the item whose place
+    it takes, so scores still read in list order."""
     result = list(listed)
     for slot, pick in zip([s for s in slots if s <= n], picks, strict=False):
         result = [r for r in result if r.item != pick.item]
-        result.insert(min(slot - 1, len(result)), pick._replace(editorial=True))
+        place = min(slot - 1, len(result))
+        held = result[place] if place < len(result) else (result[-1] if result else pick)
+        result.insert(place, pick._replace(editorial=True, score=held.score))
     return result[:n]
 
 

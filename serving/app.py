@@ -34,7 +34,6 @@ from serving.auth import KeyRing
 from serving.cache import LastKnownGood
 from serving.config import ServingSettings
 from serving.deps import Services
-from serving.erasure import ErasedUsers
 from serving.follower import PeerFollower
 from serving.live import LiveInteractions
 from serving.metrics import Metrics
@@ -46,15 +45,17 @@ from serving.ratelimit import TokenBuckets
 from serving.redact import install_access_log_redaction
 from serving.reload_requests import ReloadRequests
 from serving.reports import ReportFiles
-from serving.routers import admin, interactions, ops, recommendations, reports, requests
+from serving.routers import admin, controls, interactions, ops, recommendations, reports, requests
 from serving.segment_tail import SegmentTail
 from serving.segments import SegmentWriter
 from serving.sources import DirectorySource, ModelSource, RegistrySource
 from serving.state import ModelHolder, ServedModel
+from serving.user_controls import follow_erasures_and_controls
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (recommendations, interactions, ops, admin, reports, requests)
+# controls before admin: ``DELETE /v1/users/{user_id:id}`` would match ``.../profile/tags/{tag}`` too
+ROUTERS = (recommendations, interactions, ops, controls, admin, reports, requests)
 
 DESCRIPTION = """\
 Recommendations for a public cultural-resource platform (文化云): personal lists, district
@@ -103,6 +104,7 @@ def build_services(settings: ServingSettings) -> Services:
         lang=settings.lang, on_change=lambda served: _model_changed(metrics, live, served),
         candidate_users=settings.candidate_users,
     )
+    erased, user_controls = follow_erasures_and_controls(home.tombstones, home.controls, live, metrics)
     return Services(
         settings=settings,
         holder=holder,
@@ -110,9 +112,10 @@ def build_services(settings: ServingSettings) -> Services:
         segments=SegmentWriter(home.incoming),
         reports=ReportFiles(home.reports / "latest"),
         metrics=metrics,
-        erased=ErasedUsers(home.tombstones, on_erased=live.forget),
+        erased=erased,
         keys=KeyRing.from_settings(_secret(settings.admin_key), _secret(settings.api_keys), settings.api_keys_file),
         quota=DailyQuota(home.serving_cache.parent / "quota", settings.daily_rows_per_key),
+        controls=user_controls,
     )
 
 

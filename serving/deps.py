@@ -15,6 +15,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Query, Request, status
 
 from recsys.contract import parse_timestamp
+from recsys.controls import ControlsLog
 from serving.auth import KEY_FIELD, ApiKey, KeyRing, Scope, authorize
 from serving.config import ServingSettings
 from serving.erasure import ErasedUsers
@@ -42,6 +43,8 @@ class Services:
     erased: ErasedUsers
     keys: KeyRing
     quota: DailyQuota
+    controls: ControlsLog
+    """The residents' own choices (:mod:`serving.user_controls`)."""
 
 
 async def services(request: Request) -> Services:

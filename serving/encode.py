@@ -30,6 +30,7 @@ def list_fields(version: str, engine: DeliveryEngine, result: RecommendationList
         RecommendedItem(
             item_id=r.item_id, title=catalog.title[r.item], kind=catalog.kind_name(r.item),
             category=catalog.category_name(r.item), score=round(r.score, 6), reason=r.reason,
+            editorial=r.editorial,
         )
         for r in result.items
     ]
@@ -51,7 +52,7 @@ def user_list_json(version: str, engine: DeliveryEngine, result: RecommendationL
     heads = _ITEM_HEADS.setdefault(engine.catalog, {})
     items = ",".join(
         f'{heads.get(r.item) or _item_head(heads, engine.catalog, r.item)}{round(r.score, 6)!r},'
-        f'"reason":{_string(r.reason)}}}'
+        f'"reason":{_string(r.reason)},"editorial":{"true" if r.editorial else "false"}}}'
         for r in result.items
     )
     fallback = "null" if result.fallback is None else _string(result.fallback)

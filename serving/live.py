@@ -5,6 +5,11 @@ LRU of users. Keys are item *ids*, not matrix indices, so the state carries over
 reload; each request maps them onto the catalog it is served from, and items the new
 catalog no longer holds drop out.
 
+A ``not_interested`` (:data:`recsys.contract.NEGATIVE_ACTIONS`) is no engagement: it is kept
+apart, per user and item with its time (:meth:`LiveInteractions.dismissed_for`), never as a
+weight, and a later engagement with the item takes it back. Dismissals are not expired at a
+reload (the artifact has those it was trained on, but one it was trained without would lose them).
+
 When a newly served model was trained on data up to ``data_end``, the events at or before
 that time are in its history already: :meth:`LiveInteractions.expire_trained` drops them, so
 they are not counted twice (a user's engagement with an item would otherwise grow at every
@@ -18,6 +23,7 @@ import math
 import threading
 from collections import OrderedDict
 
+from recsys.contract import NEGATIVE_ACTIONS
 from recsys.idmap import IdMap
 
 MIN_LIVE_WEIGHT = 1e-3
@@ -37,15 +43,43 @@ class LiveInteractions:
         self.max_users = max_users
         self.max_items_per_user = max_items_per_user
         self._users: OrderedDict[str, OrderedDict[str, Events]] = OrderedDict()
+        self._dismissed: OrderedDict[str, dict[str, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._users)
 
+    def record(self, user_id: str, item_id: str, action: str, weight: float, at: float = math.inf) -> None:
+        """Count one accepted interaction: a dismissal for a negative action, else :meth:`add`."""
+        if action in NEGATIVE_ACTIONS:
+            self.dismiss(user_id, item_id, at)
+        else:
+            self.add(user_id, item_id, weight, at)
+
+    def dismiss(self, user_id: str, item_id: str, at: float) -> None:
+        """The user said ``not_interested`` to the item at ``at`` (epoch seconds)."""
+        with self._lock:
+            items = self._dismissed.setdefault(user_id, {})
+            self._dismissed.move_to_end(user_id)
+            items[item_id] = max(items.get(item_id, -math.inf), at)
+            while len(self._dismissed) > self.max_users:
+                self._dismissed.popitem(last=False)
+
+    def dismissed_for(self, user_id: str, items: IdMap) -> dict[int, float]:
+        """The user's live dismissals keyed by index in ``items`` (ids it lacks are dropped)."""
+        with self._lock:
+            found = dict(self._dismissed.get(user_id, {}))
+        mapped = {items.index_of(item_id): at for item_id, at in found.items()}
+        mapped.pop(-1, None)
+        return mapped
+
     def add(self, user_id: str, item_id: str, weight: float, at: float = math.inf) -> None:
         """Count one event of ``weight`` at time ``at`` (epoch seconds; +inf = never trained on)."""
         weight = bounded(weight)
         with self._lock:
+            dismissed = self._dismissed.get(user_id)
+            if dismissed and dismissed.get(item_id, math.inf) < at:  # engaged again after the dismissal
+                del dismissed[item_id]
             items = self._users.get(user_id)
             if items is None:
                 items = self._users[user_id] = OrderedDict()
@@ -66,7 +100,8 @@ class LiveInteractions:
     def forget(self, user_id: str) -> bool:
         """Drop everything kept for ``user_id`` (right to erasure); True if there was anything."""
         with self._lock:
-            return self._users.pop(user_id, None) is not None
+            dismissed = self._dismissed.pop(user_id, None) is not None
+            return self._users.pop(user_id, None) is not None or dismissed
 
     def expire_trained(self, data_end: float) -> int:
         """Drop the events at or before ``data_end`` (a newly served model has them); returns

@@ -47,6 +47,8 @@ class Metrics:
                                    registry=r)
         self.model_degraded = Gauge("recsys_model_degraded", "1 while serving the last-known-good copy", registry=r)
         self.model_info = Info("recsys_model", "The served model", registry=r)
+        self.control_changes = Counter("recsys_user_control_changes", "Residents' recorded choices, by control "
+                                       "(settings, remove_tag, declare_tag, engaged_tag)", ["control"], registry=r)
         self.lists = Counter("recsys_lists", "Recommendation lists served, by endpoint", ["endpoint"], registry=r)
         self.empty_lists = Counter("recsys_empty_lists", "Recommendation lists served with no item, by endpoint",
                                    ["endpoint"], registry=r)
@@ -61,6 +63,14 @@ class Metrics:
               "(its data_end)", registry=r).set_function(lambda: _age(self._data_end))
         Gauge("recsys_catalog_live_items", "Items of the served catalogue that can be shown now (not hidden, "
               "not ended)", registry=r).set_function(lambda: self._live_items())
+
+    def count_controls(self, counts: Callable[[], dict[str, int]]) -> None:
+        """Export the residents' active choices (:meth:`recsys.controls.ControlsLog.counts`)."""
+        gauge = Gauge("recsys_user_controls", "Residents with an active choice (not_personalized, senior_mode, "
+                      "removed_tags, declared_tags), as this process has read the controls log", ["control"],
+                      registry=self.registry)
+        for name in ("not_personalized", "senior_mode", "removed_tags", "declared_tags"):
+            gauge.labels(name).set_function(lambda name=name: float(counts().get(name, 0)))
 
     def served(self, version: str | None, info: dict[str, str], degraded: bool, *,
                trained_at: float | None = None, data_end: float | None = None,

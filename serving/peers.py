@@ -95,8 +95,8 @@ class PeerInteractions:
             elif row.user_id in self.erased:
                 counts["erased"] += 1
             else:
-                self.live.add(row.user_id, row.item_id, settings.weight_of(row.action, row.value),
-                              row.timestamp(settings.timezone).timestamp())
+                self.live.record(row.user_id, row.item_id, row.action, settings.weight_of(row.action, row.value),
+                                 row.timestamp(settings.timezone).timestamp())
                 if row.user_id in self.erased:  # erased while we added: what the erasure forgot comes back
                     self.live.forget(row.user_id)
                 counts["applied"] += 1

@@ -8,7 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recsys.home import CHAMPION, REGISTERED_MODEL
 
-Fallback = Literal["segment_popularity", "region_popularity", "popularity"]
+Fallback = Literal["segment_popularity", "region_popularity", "popularity", "not_personalized",
+                   "declared_interests"]
+"""Why a list is not the model's personal one: ``not_personalized`` = the resident switched
+personalisation off (city-wide popularity and editorial picks, as for an anonymous caller);
+``declared_interests`` = a resident the model cannot personalise, ranked by the interests they picked."""
 
 
 class RecommendedItem(BaseModel):
@@ -18,6 +22,7 @@ class RecommendedItem(BaseModel):
     category: str | None
     score: float
     reason: str = Field(description="short plain-language reason shown next to the item")
+    editorial: bool = Field(False, description="placed by an editorial slot (the operators' curated pool)")
 
 
 class _ListBody(BaseModel):

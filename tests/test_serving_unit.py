@@ -197,7 +197,7 @@ def test_response_shape(client):
     body = recommend(client, "u2", n=3, at=iso(T0))
     assert set(body) == {"user_id", "model_version", "generated_at", "fallback", "items"}
     assert body["model_version"].startswith("local-")
-    assert set(body["items"][0]) == {"item_id", "title", "kind", "category", "score", "reason"}
+    assert set(body["items"][0]) == {"item_id", "title", "kind", "category", "score", "reason", "editorial"}
     assert body["items"][0]["title"].startswith("活动") and body["items"][0]["reason"]
 
 

@@ -52,11 +52,7 @@ def evaluate(model: Recommender, split: Split, settings: EngineSettings, *, segm
     """Score ``model`` (fitted on ``split.train``) against ``split.truth``; without ``segments``
     only the accuracy and catalogue metrics (what a recipe search compares)."""
     train = split.train
-    eval_rows = np.flatnonzero(np.diff(split.truth.indptr) > 0)
-    if len(eval_rows) == 0:
-        raise ValueError("the test window has no positive events by known users; lower --test-days or add data")
-    engine = DeliveryEngine(ModelBundle(model, train.catalog, train.users, train.weights, settings))
-    recs, _ = engine.top_n_for_rows(eval_rows, max(K_VALUES), at=split.cutoff.timestamp())
+    engine, eval_rows, recs = evaluation_lists(model, split, settings)
     truth = split.truth[eval_rows]
     item_users = np.diff(train.matrix.tocsc().indptr)
     result = metrics.evaluate_ranking(
@@ -72,6 +68,19 @@ def evaluate(model: Recommender, split: Split, settings: EngineSettings, *, segm
     if settings.exposure.enabled:
         result.update(floor_metrics(engine, eval_rows, truth, split.cutoff.timestamp(), settings.exposure))
     return Evaluation(metrics=result, segments=rows, n_users=len(eval_rows), per_user=per_user)
+
+
+def evaluation_lists(model: Recommender, split: Split,
+                     settings: EngineSettings) -> tuple[DeliveryEngine, np.ndarray, np.ndarray]:
+    """The engine, the users with truth and their lists (``max(K_VALUES)`` items) as they would have been
+    served at the cutoff: the delivery rules of every list, the minors rule included."""
+    train = split.train
+    eval_rows = np.flatnonzero(np.diff(split.truth.indptr) > 0)
+    if len(eval_rows) == 0:
+        raise ValueError("the test window has no positive events by known users; lower --test-days or add data")
+    engine = DeliveryEngine(ModelBundle(model, train.catalog, train.users, train.weights, settings))
+    recs, _ = engine.top_n_for_rows(eval_rows, max(K_VALUES), at=split.cutoff.timestamp())
+    return engine, eval_rows, recs
 
 
 def _segment_rows(per_user: np.ndarray, users, rows: np.ndarray) -> list[dict[str, object]]:

@@ -46,9 +46,11 @@ from recsys.bundle import ModelBundle
 from recsys.candidates import DEFAULT_MAX_USERS
 from recsys.delivery import DeliveryEngine
 from recsys.home import EngineHome
+from recsys.model_card import facts_from_bundle
+from recsys.model_card import flat as _flat
 from recsys.models.base import Recommender
 from recsys.settings import EngineSettings, HealthSettings
-from training import gate, registry
+from training import gate, model_card, registry
 from training.candidate_lists import save_with_candidates
 from training.config import TrainConfig, config_from_dict
 from training.evaluate import Evaluation, evaluate
@@ -279,8 +281,8 @@ def evaluate_and_register(home: EngineHome, options: TrainOptions, data: Dataset
         if tuning is not None:
             clock.timed("log trials", lambda: _log_tuning(tuning))
         with tempfile.TemporaryDirectory(prefix="recsys-train-") as tmp:
-            bundle_dir = clock.timed("save bundle", lambda: _save_bundle(model, data, options, metrics, split,
-                                                                         Path(tmp)))
+            bundle = _bundle_of(model, data, options, metrics, split)
+            bundle_dir = clock.timed("save bundle", lambda: _save_bundle(bundle, options, Path(tmp)))
             model_uri = clock.timed("log model", lambda: registry.log_bundle(bundle_dir))
         tags = {"config_hash": cfg.config_hash(), "ndcg_at_10": f"{evaluation.ndcg10:.6f}",
                 "rural_urban_ndcg_ratio": f"{evaluation.rural_urban_ratio:.6f}",
@@ -301,6 +303,8 @@ def evaluate_and_register(home: EngineHome, options: TrainOptions, data: Dataset
                           if champion_before else None, candidate_ndcg=evaluation.ndcg10,
                           candidate_ratio=evaluation.rural_urban_ratio, champion_ndcg=champion_ndcg,
                           tolerance=options.tolerance, rural_floor=options.rural_floor)
+        model_card.log_card(facts_from_bundle(bundle, version, model_card.gate_of(
+            mlflow.get_run(run.info.run_id).data.tags)))
         report_dir = None
         if options.report:
             report_dir = clock.timed("planner report", lambda: _report(home, run.info.run_id))
@@ -459,19 +463,31 @@ def _log_run(cfg: TrainConfig, options: TrainOptions, data: Dataset, metrics: di
         mlflow.log_table({c: [row[c] for row in evaluation.segments] for c in columns}, "evaluation/segments.json")
 
 
-def _save_bundle(model, data: Dataset, options: TrainOptions, metrics: dict[str, float], split: Split,
-                 directory: Path) -> Path:
+def _bundle_of(model: Recommender, data: Dataset, options: TrainOptions, metrics: dict[str, float],
+               split: Split) -> ModelBundle:
+    """The artifact: the model, its data's axes, the residents' dismissals, the editorial pool (the
+    pool file merged into the catalogue's flags) and, for its description, every metric and the gate."""
     cfg = options.config
     manifest = {
         "trained_at": datetime.now(UTC).isoformat(), "data_start": str(data.data_start),
         "data_end": str(data.data_end), "test_cutoff": split.cutoff.isoformat(),
         "config_hash": cfg.config_hash(), "metrics": {k: metrics.get(k) for k in KEY_METRICS},
+        "evaluation_metrics": _mlflow_safe(metrics),
+        "gate": {"tolerance": options.tolerance, "rural_floor": options.rural_floor},
     }
-    bundle = ModelBundle(model, data.full.catalog, data.full.users, data.full.weights, cfg.engine, manifest)
+    model_card.merge_pool_file(data.full.catalog, cfg.engine.controls)
+    model_card.log_pool(data.full.catalog, cfg.engine.controls)
+    bundle = ModelBundle(model, data.full.catalog, data.full.users, data.full.weights, cfg.engine, manifest,
+                         dismissed=data.dismissed)
     if cfg.engine.exposure.enabled and data.data_end is not None:
         manifest[EXPOSURE_KEY] = calibrated_manifest(DeliveryEngine(bundle), data.data_end.timestamp(),
                                                      cfg.engine.exposure, seed=options.seed)
-    bundle.ann = build_ann_index(model, len(bundle.catalog), cfg.engine.ann)  # None below ann.min_items items
+    return bundle
+
+
+def _save_bundle(bundle: ModelBundle, options: TrainOptions, directory: Path) -> Path:
+    cfg = options.config
+    bundle.ann = build_ann_index(bundle.model, len(bundle.catalog), cfg.engine.ann)  # None below ann.min_items items
     # with the server's per-user fast path
     return save_with_candidates(bundle, directory / "bundle", max_users=options.candidate_users)
 
@@ -483,16 +499,6 @@ def _report(home: EngineHome, run_id: str) -> str | None:
     report.write_report(home, out, window_days=28, min_users=10, lang="zh")
     report.log_report_to_mlflow(out, run_id=run_id)
     return str(out)
-
-
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _mlflow_safe(metrics: dict[str, float]) -> dict[str, float]:

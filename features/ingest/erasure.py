@@ -5,8 +5,9 @@ dropped from every batch (counted as ``erased``). Each run also compacts away th
 erased since the last compaction, inside its own transaction: the day partitions and
 quarantine files holding their rows are rewritten without them as files of this run and
 retired by its log line, ``users.parquet`` is replaced without them, and their lines in the
-API's incoming segments are blanked. The log line records how far the tombstones were
-compacted (``erasure.tombstones_end``), so each erasure is compacted once.
+API's incoming segments and in the residents' controls log are blanked. The log line records
+how far the tombstones were compacted (``erasure.tombstones_end``), so each erasure is
+compacted once.
 """
 
 from __future__ import annotations
@@ -134,22 +135,38 @@ def blank_erased_lines(home: EngineHome, spans: dict[str, tuple[int, int]], user
     blanked = 0
     for name, (start, end) in sorted(spans.items()):
         segment = (directory or home.incoming) / name
-        if not segment.exists() or end <= start:
-            continue
-        with open(segment, "r+b") as fh:
-            read = appendlog.read_lines(fh, start, end)
-            lines = read.lines
-            if read.tail and abandoned(segment):  # a line still being written is not ours to touch
-                lines = [*lines, read.tail]
-            offset, changed = start, False
-            for line in lines:
-                if line.strip() and _line_is_erased(line, users):
-                    os.pwrite(fh.fileno(), b" " * len(line), offset)
-                    blanked += 1
-                    changed = True
-                offset += len(line) + 1
-            if changed:
-                os.fsync(fh.fileno())
+        if segment.exists() and end > start:
+            blanked += _blank_lines_of(segment, start, end, users, abandoned(segment))
+    return blanked
+
+
+def blank_erased_controls(home: EngineHome, users: frozenset[str]) -> int:
+    """Overwrite the erased users' complete lines of the residents' controls log
+    (:mod:`recsys.controls`) with spaces: every server reading it keeps its offset, and a blank
+    line is no choice. A line still being appended is left to the next run."""
+    path = home.controls
+    if not users or not path.exists():
+        return 0
+    return _blank_lines_of(path, 0, path.stat().st_size, users, include_tail=False)
+
+
+def _blank_lines_of(path: Path, start: int, end: int, users: frozenset[str], include_tail: bool) -> int:
+    """Blank the erased users' lines in bytes ``[start, end)`` of ``path`` (``include_tail``: the
+    unterminated last line too, when its writer is known to be gone)."""
+    blanked = 0
+    with open(path, "r+b") as fh:
+        read = appendlog.read_lines(fh, start, end)
+        lines = read.lines
+        if read.tail and include_tail:  # a line still being written is not ours to touch
+            lines = [*lines, read.tail]
+        offset = start
+        for line in lines:
+            if line.strip() and _line_is_erased(line, users):
+                os.pwrite(fh.fileno(), b" " * len(line), offset)
+                blanked += 1
+            offset += len(line) + 1
+        if blanked:
+            os.fsync(fh.fileno())
     return blanked
 
 

@@ -23,6 +23,7 @@ from features.ingest.commit import commit
 from features.ingest.erasure import (
     Compaction,
     Erasure,
+    blank_erased_controls,
     blank_erased_lines,
     drop_erased,
     find_compaction,
@@ -159,7 +160,7 @@ def _ingest_entry(home: EngineHome, work: _Work, summary: IngestSummary, compact
     if erasure.users:
         # Before the commit: blanking an erased user's line is right whatever this run becomes.
         spans = segment_spans(home, work.entries, work.lines, erasure)
-        blanked = blank_erased_lines(home, spans, erasure.users)
+        blanked = blank_erased_lines(home, spans, erasure.users) + blank_erased_controls(home, erasure.users)
         if erasure.pending:
             entry["erasure"] = {"tombstones_end": erasure.tombstones_end, "erased_users": len(erasure.new),
                                 "retired_files": len(compaction.retires) + len(compaction.quarantine_replaces),

@@ -8,6 +8,9 @@ A bad element never fails its batch: it is listed in ``rejected`` with its index
 reason code from :class:`recsys.contract.Reason` (or :data:`USER_ERASED` for a user erased
 on request). Accepted rows are fsynced to this
 process's incoming segment before the answer, then folded into the user's next request. Each
+``not_interested`` rows are
+kept apart in live state (:meth:`serving.live.LiveInteractions.record`), and an engagement with
+an item carrying a tag the resident removed brings the tag back (:mod:`serving.user_controls`). Each
 line names the posting app (the key's app) as its ``source``, which ingest's poisoning
 defences judge rows by (:mod:`recsys.provenance`).
 """
@@ -29,6 +32,7 @@ from serving.deps import InteractionsWriterDep, ServedDep, Services, ServicesDep
 from serving.guard import retry_after
 from serving.quota import QuotaExceeded
 from serving.schemas import InteractionsAccepted, Rejection
+from serving.user_controls import restore_engaged_tags
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +84,13 @@ def post_interactions(key: InteractionsWriterDep, batch: Annotated[list[Any], Bo
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                                 detail="could not store the interactions; retry later") from exc
     for row in accepted:
-        svc.live.add(row.user_id, row.item_id, settings.weight_of(row.action, row.value),
-                     row.timestamp(settings.timezone).timestamp())
+        svc.live.record(row.user_id, row.item_id, row.action, settings.weight_of(row.action, row.value),
+                        row.timestamp(settings.timezone).timestamp())
+    try:  # an engagement with an item of a removed tag brings the tag back
+        restored = restore_engaged_tags(svc.controls, served.engine.catalog, accepted)
+        svc.metrics.control_changes.labels("engaged_tag").inc(len(restored))
+    except OSError:  # the interactions are stored; the tag comes back with the next such engagement
+        log.exception("could not record a restored interest tag")
     svc.metrics.interactions.labels("accepted").inc(len(accepted))
     svc.metrics.interactions.labels("rejected").inc(len(rejected))
     svc.metrics.interactions_posted(row.action for row in accepted)

@@ -6,11 +6,12 @@ These answers are public: every message and name in them goes through
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import JSONResponse
 
+from recsys.model_card import facts_from_bundle, render_html, render_markdown
 from serving.deps import ServedDep, ServicesDep
 from serving.guard import HEALTH_PATH, READY_PATH
 from serving.redact import public_text
@@ -31,6 +32,20 @@ async def model_info(served: ServedDep, svc: ServicesDep) -> ModelInfo:
         n_users=len(served.bundle.users), n_items=len(served.bundle.catalog),
         metrics=key_metrics(manifest.get("metrics")),
     )
+
+
+@router.get("/v1/model/card", response_class=Response, responses={200: {
+    "description": "the served version's algorithm description (算法机制说明)",
+    "content": {"text/markdown": {}, "text/html": {}}}})
+async def model_card(
+    served: ServedDep, format: Annotated[Literal["md", "html"], Query(description="Markdown or HTML")] = "md",
+) -> Response:
+    """The mechanism description of the served version, for the public: purpose, data, model,
+    cadence, evaluation, the rules of every list, the residents' controls and the safeguards."""
+    facts = facts_from_bundle(served.bundle, served.version)
+    if format == "html":
+        return Response(render_html(facts), media_type="text/html; charset=utf-8")
+    return Response(render_markdown(facts), media_type="text/markdown; charset=utf-8")
 
 
 @router.get(HEALTH_PATH, response_model=Health)

@@ -71,7 +71,9 @@ async def user_recommendations(user_id: Id, request: Request, _: PersonalReaderD
     place = place_of(query.lat, query.lon, query.radius_km)
     filters = Filters(at=moment_of(query.at, served), kind=query.kind, category=query.category, lat=place.lat,
                       lon=place.lon, radius_km=place.radius_km)
-    context = UserContext(live_weights=svc.live.weights_for(user_id, engine.catalog.items))
+    context = UserContext(live_weights=svc.live.weights_for(user_id, engine.catalog.items),
+                          dismissed=svc.live.dismissed_for(user_id, engine.catalog.items),
+                          controls=svc.controls.of(user_id))
     result = engine.for_user(user_id, query.n, filters, diversity=query.diversity, context=context,
                              region=query.region)
     result = lift_answers(result, user_id, book_of(request), engine, filters, query.n, svc.settings.lang)

@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # Each module adds its verbs to ``app`` through ``register(app)``.
-_VERB_MODULES = ("store_cmds", "demo_cmd", "train_cmds", "report_cmd", "serve_cmds", "quickstart_cmd")
+_VERB_MODULES = ("store_cmds", "demo_cmd", "train_cmds", "report_cmd", "serve_cmds", "quickstart_cmd", "card_cmd")
 
 
 def _register_all() -> None:

@@ -260,7 +260,7 @@ def recommend_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Batch recommendations with the API's rules: columns user_id, rank, item_id, score."""
-    from training.batch import load_registered, read_user_ids, recommend_batch, write_output
+    from training.batch import home_controls, load_registered, read_user_ids, recommend_batch, write_output
 
     if users is None and not all_users:
         raise fail("give --users FILE or --all")
@@ -271,7 +271,7 @@ def recommend_cmd(
     with user_errors():
         ids = read_user_ids(users) if users else None
         used, bundle = load_registered(home_of(home), version)
-        frame = recommend_batch(bundle, ids, n, moment.timestamp())
+        frame = recommend_batch(bundle, ids, n, moment.timestamp(), controls=home_controls(home_of(home)))
         write_output(frame, out_file)
     emit({"version": used, "users": frame["user_id"].n_unique(), "rows": frame.height, "out": str(out_file),
           "at": moment.isoformat(), "seconds": round(time.perf_counter() - started, 2)}, as_json)
