@@ -116,6 +116,20 @@ class Catalog:
         available: np.ndarray = ~self.hidden & ~ended
         return available
 
+    def starts_within(self, after: float | None, before: float | None) -> np.ndarray:
+        """Items whose ``starts_at`` lies in ``[after, before]`` (either bound may be open).
+
+        An item without a start time (always available: a book, a video) is outside every
+        window: a window asks what starts then, and such an item starts at no time.
+        """
+        starts = self.starts_at
+        inside: np.ndarray = ~np.isnan(starts)
+        if after is not None:
+            inside &= starts >= after
+        if before is not None:
+            inside &= starts <= before
+        return inside
+
     def has_place(self) -> np.ndarray:
         placed: np.ndarray = ~(np.isnan(self.lat) | np.isnan(self.lon))
         return placed
@@ -126,11 +140,13 @@ class Catalog:
         within: np.ndarray = np.isnan(distance) | (distance <= radius_km)
         return within
 
-    def distance_km(self, lat: float, lon: float) -> np.ndarray:
-        """Haversine distance from a point to every item (``nan`` for items without a place)."""
-        phi1, phi2 = np.radians(lat), np.radians(self.lat)
+    def distance_km(self, lat: float, lon: float, items: np.ndarray | None = None) -> np.ndarray:
+        """Haversine distance from a point to every item, or to ``items`` (indices) only
+        (``nan`` for items without a place)."""
+        lats, lons = (self.lat, self.lon) if items is None else (self.lat[items], self.lon[items])
+        phi1, phi2 = np.radians(lat), np.radians(lats)
         dphi = phi2 - phi1
-        dlmb = np.radians(self.lon - lon)
+        dlmb = np.radians(lons - lon)
         a = np.sin(dphi / 2) ** 2 + np.cos(phi1) * np.cos(phi2) * np.sin(dlmb / 2) ** 2
         distance: np.ndarray = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
         return distance

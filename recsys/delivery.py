@@ -10,7 +10,8 @@ Used by the API and by batch ``recsys recommend`` alike, so the rules hold every
 - a user the model cannot personalise gets segment popularity (region x age band from the
   users table), else region popularity (if a region is given), else global popularity,
   and the list says which fallback it is;
-- optional MMR diversity over categories, and a short plain-language reason per item;
+- optional MMR diversity over categories (from :data:`recsys.ranking.SPREAD_AT` up over every
+  allowed category's best items, on the full path), and a short plain-language reason per item;
 - never an item whose ``min_age`` is above the youngest age of the resident's band
   (:mod:`recsys.audience`, the one place of the minors rule, for every path and batch);
 - the resident's own choices (:mod:`recsys.controls`): with personalisation off, the list an
@@ -47,7 +48,7 @@ from recsys.models.base import PopularityScores, TrainingData
 from recsys.models.popularity import PopularityModel
 from recsys.profile import any_tag_mask
 from recsys.query import Filters, RecommendationList, Recommended, UnknownItem, UnknownRegion, UserContext
-from recsys.ranking import mmr, top_k, top_k_batch
+from recsys.ranking import SPREAD_AT, mmr, top_k, top_k_batch, with_category_bests
 from recsys.reasons import Reasons, anchor_codes
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,12 @@ class DeliveryEngine:
             mask &= self.catalog.category_is(filters.category)
         if filters.lat is not None and filters.lon is not None and filters.radius_km is not None:
             mask &= self.catalog.within_radius(filters.lat, filters.lon, filters.radius_km)
+        if filters.starts_after is not None or filters.starts_before is not None:
+            mask &= self.catalog.starts_within(filters.starts_after, filters.starts_before)
+        if filters.free_only:
+            mask &= self.catalog.is_free
+        if filters.exclude:
+            mask[list(filters.exclude)] = False
         return mask
 
     # ---- histories -------------------------------------------------------------------
@@ -303,7 +310,7 @@ class DeliveryEngine:
     def _from_candidates(self, candidates: Candidates, index: int, n: int, filters: Filters,
                          diversity: float, restricted: np.ndarray | None = None) -> RecommendationList | None:
         """The list from the user's precomputed candidates, or None when they cannot decide it."""
-        if candidates.slot(index) < 0:  # a user the lists do not cover
+        if candidates.slot(index) < 0 or diversity >= SPREAD_AT:  # not covered, or a spread beyond the list
             return None
         items, scores = candidates.row(index)
         keep = self._allowed_among(items, filters)
@@ -353,7 +360,7 @@ class DeliveryEngine:
 
     def _allowed_among(self, items: np.ndarray, filters: Filters) -> np.ndarray:
         """``allowed(filters)`` at ``items`` only (no catalog-wide copy when nothing but time filters)."""
-        if filters.kind or filters.category or filters.radius_km is not None:
+        if filters.narrows:
             return self.allowed(filters)[items]
         return self.available(filters.at)[items]
 
@@ -381,6 +388,8 @@ class DeliveryEngine:
 
     def _select(self, scores: np.ndarray, n: int, allowed: np.ndarray, diversity: float) -> np.ndarray:
         candidates = top_k(scores, n * CANDIDATE_FACTOR if diversity > 0 else n, allowed)
+        if diversity >= SPREAD_AT:
+            candidates = with_category_bests(candidates, scores, allowed, self.catalog.category, n)
         return mmr(candidates, scores, self.catalog.category, n, diversity)
 
     def _items(self, chosen: np.ndarray, scores: np.ndarray, reasons: list[str]) -> list[Recommended]:

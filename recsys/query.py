@@ -34,6 +34,21 @@ class Filters:
     lat: float | None = None
     lon: float | None = None
     radius_km: float | None = None
+    starts_after: float | None = None
+    """Only items starting at or after this moment (epoch seconds); an item without a start time
+    (always available) is left out once either bound of the window is given."""
+    starts_before: float | None = None
+    """Only items starting at or before this moment (epoch seconds)."""
+    free_only: bool = False
+    """Only items marked ``is_free``."""
+    exclude: tuple[int, ...] = ()
+    """Item indices the list must not show (what the app already shows, earlier pages)."""
+
+    @property
+    def narrows(self) -> bool:
+        """Whether anything beyond the moment restricts the list (a catalogue-wide mask is needed)."""
+        return bool(self.kind or self.category or self.radius_km is not None or self.free_only or self.exclude
+                    or self.starts_after is not None or self.starts_before is not None)
 
 
 @dataclass
@@ -59,6 +74,8 @@ class Recommended(NamedTuple):
     reason: str
     editorial: bool = False
     """Placed by an editorial slot (:mod:`recsys.editorial`), not by the ranking."""
+    full: bool = False
+    """The event is at capacity (shown only where the capacity rules keep full events, marked)."""
 
 
 @dataclass

@@ -1,11 +1,21 @@
 """Top-k selection under masks, and MMR re-ranking for category diversity.
 
-MMR (Carbonell & Goldstein 1998) picks, one slot at a time,
+MMR (Carbonell & Goldstein 1998), with the redundancy of an item counted as the number of
+items of its category already chosen (a category cap that tightens with every repeat, not
+only the first), picks one slot at a time:
 
-    argmax_i  (1 − λ) · rel(i) − λ · max_{j ∈ chosen} same_category(i, j)
+    argmax_i  (1 − λ) · rel(i) − λ · |{j ∈ chosen : category(j) = category(i)}|
 
 with rel the min-max normalised score over the candidates and λ the ``diversity`` knob in
-[0, 1]: 0 keeps the score order, 1 never repeats a category while another is left.
+[0, 1]: 0 keeps the score order; 0.2 (the API's default) lets a category repeat when its
+next item scores at least 0.25 of the score range above the best of another category (0.5
+above for a third item, and so on); 1 takes categories in turn, the best item of the least
+represented category first, so a list spreads over as many categories as its candidates hold.
+
+A list can only spread over the categories among its candidates, and the best ``5 x n``
+items of a user with a strong taste are often all of one category. So from
+:data:`SPREAD_AT` up, the candidates are widened with the best items of every category the
+request allows (:func:`with_category_bests`), enough of each for the list to take them in turn.
 """
 
 from __future__ import annotations
@@ -110,6 +120,29 @@ def _through_tie(keys: np.ndarray, last: np.ndarray, width: int) -> np.ndarray:
     return taken
 
 
+SPREAD_AT = 0.5
+"""From this ``diversity`` up, candidates include every allowed category's best items."""
+
+
+def with_category_bests(candidates: np.ndarray, scores: np.ndarray, allowed: np.ndarray,
+                        categories: np.ndarray, n: int) -> np.ndarray:
+    """``candidates`` (:func:`top_k` order) plus the best ``ceil(n / k)`` allowed items of each of
+    the ``k`` categories holding allowed items with a finite score, in :func:`top_k` order (score,
+    then lower index): what a list taking ``n`` items from the categories in turn may need."""
+    eligible = np.flatnonzero(allowed & np.isfinite(scores) & (categories >= 0))
+    if len(eligible) == 0:
+        return candidates
+    cats = categories[eligible]
+    values = scores[eligible]
+    order = np.lexsort((eligible, -values, cats))  # by category, best first within each
+    grouped = cats[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    per = math.ceil(n / len(starts))
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    pool = np.union1d(candidates, eligible[order[rank < per]])
+    return pool[np.lexsort((pool, -np.asarray(scores, dtype=np.float64)[pool]))]
+
+
 def mmr(candidates: np.ndarray, scores: np.ndarray, categories: np.ndarray, n: int,
         diversity: float) -> np.ndarray:
     """Re-rank ``candidates`` (best first) to ``n`` items trading score for category variety.
@@ -129,27 +162,30 @@ def mmr(candidates: np.ndarray, scores: np.ndarray, categories: np.ndarray, n: i
     relevance = values.tolist()
     low, span = min(relevance), max(relevance) - min(relevance)
     relevance = [(r - low) / span for r in relevance] if span > 0 else [1.0] * len(relevance)
-    # a candidate's gain takes one of two values: before and after its category is chosen
-    # (redundancy 0 or 1); both are computed once
     base = [(1.0 - diversity) * r for r in relevance]
-    redundant = [b - diversity for b in base]
     cats = np.asarray(categories)[candidates].tolist()
-    return candidates[_mmr_positions(base, redundant, cats, min(n, len(candidates)))]
+    return candidates[_mmr_positions(base, diversity, cats, min(n, len(candidates)))]
 
 
-def _mmr_positions(base: list[float], redundant: list[float], cats: list[int], n: int) -> list[int]:
+def _mmr_positions(base: list[float], diversity: float, cats: list[int], n: int) -> list[int]:
     """MMR positions: each step takes the first maximal gain, then lowers the gains of the
-    newly chosen category's members (the same numbers as recomputing every gain every step)."""
+    chosen category's other members by ``diversity`` (one more of their category chosen)."""
     gain = list(base)
     members: dict[int, list[int]] = {}
     for position, category in enumerate(cats):
         if category >= 0:  # an unknown category (-1) is never redundant
             members.setdefault(category, []).append(position)
+    taken: dict[int, int] = {}
     chosen: list[int] = []
     for _ in range(n):
         pick = gain.index(max(gain))  # first max = best-scored among equals, as np.argmax
         chosen.append(pick)
-        for position in members.pop(cats[pick], ()):  # the only chosen member so far is ``pick``
-            gain[position] = redundant[position]
         gain[pick] = -math.inf
+        category = cats[pick]
+        if category >= 0:
+            taken[category] = count = taken.get(category, 0) + 1
+            penalty = diversity * count  # recomputed, not accumulated: the same floats as the formula
+            for position in members[category]:
+                if gain[position] != -math.inf:
+                    gain[position] = base[position] - penalty
     return chosen

@@ -34,6 +34,7 @@ from serving.auth import KeyRing
 from serving.cache import LastKnownGood
 from serving.config import ServingSettings
 from serving.deps import Services
+from serving.docs import install_docs
 from serving.follower import PeerFollower
 from serving.live import LiveInteractions
 from serving.metrics import Metrics
@@ -71,11 +72,13 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     services = build_services(settings)
     app = FastAPI(
         title="Cultural recommendation API", version="1", description=DESCRIPTION,
-        lifespan=_lifespan,
+        lifespan=_lifespan, docs_url=None, redoc_url=None,  # served offline by serving.docs
     )
     app.state.services = services
     install_middleware(app, erased=services.erased, max_body_bytes=settings.max_body_bytes,
-                       routes=lambda: every_route(app), guard=guard_options(services), metrics=services.metrics)
+                       routes=lambda: every_route(app), guard=guard_options(services), metrics=services.metrics,
+                       cors_origins=settings.allowed_origins())
+    install_docs(app)
     install_access_log_redaction()
     _add_error_handlers(app)
     for module in ROUTERS:
@@ -207,8 +210,9 @@ async def _poll(services: Services, interval: float) -> None:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-                  for e in exc.errors()]
+        # ``allowed``: the values an enum-like parameter takes (serving.list_filters.check_value)
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", ""),
+                   **({"allowed": e["allowed"]} if "allowed" in e else {})} for e in exc.errors()]
         detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in errors)
         return JSONResponse({"detail": detail or "invalid request", "errors": jsonable_encoder(errors)},
                             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)

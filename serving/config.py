@@ -11,6 +11,7 @@ malformed or too short key refuses to start with a message naming the problem.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +28,15 @@ DEFAULT_CANDIDATE_USERS = 200_000
 """Most users whose candidates a server computes itself (1-1.5 ms of CPU each, at 20,000 items).
 Fewer than a training job's :data:`recsys.candidates.DEFAULT_MAX_USERS`: a server does this work
 on its own CPU while it serves."""
+
+
+_ORIGIN = re.compile(r"https?://[^\s/?#,]+")
+"""A web origin as a browser sends it: scheme, host and optional port, nothing after."""
+
+
+def split_origins(value: str) -> list[str]:
+    """The origins of a comma-separated list (blanks dropped, a trailing slash forgiven)."""
+    return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
 
 
 def env_name(field: str) -> str:
@@ -121,6 +131,22 @@ class ServingSettings(BaseSettings):
                     "full scoring. 0 = never compute",
     )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="largest request body accepted (bytes)")
+    cors_origins: str = Field(
+        "", description="web origins allowed to call the API from a browser (CORS), comma-separated, e.g. "
+                        "https://app.example.org,https://admin.example.org; * = any; empty = none",
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_readable(cls, value: str) -> str:
+        for origin in split_origins(value):
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not a web origin (scheme://host[:port], no path)")
+        return value
+
+    def allowed_origins(self) -> list[str]:
+        """The CORS allow-list (empty: no cross-origin browser calls)."""
+        return split_origins(self.cors_origins)
 
     @field_validator("admin_key")
     @classmethod

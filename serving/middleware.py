@@ -6,13 +6,18 @@ Every request passes, outermost first (the order :func:`install` registers them 
    operator can tell the worker processes apart;
 2. metrics (:class:`serving.metrics.MetricsMiddleware`): outside everything that can refuse,
    so every answer is timed and counted, refusals and 413s included;
-3. :class:`serving.guard.Guard` (load shedding, API key, rate limits): before a byte of the
+3. Starlette's ``CORSMiddleware``, only with an allow-list (``cors_origins``): outside the
+   guard, so a browser's preflight (which never carries the key) is answered without one,
+   and a refusal (429 with ``Retry-After``, 401) still carries the CORS headers a web app
+   needs to read it; a request from an origin not on the list gets no CORS header, and its
+   browser keeps the answer from the page;
+4. :class:`serving.guard.Guard` (load shedding, API key, rate limits): before a byte of the
    body is read or a route is matched, so a refused request costs next to nothing;
-4. :class:`ImplicitMethods`: ``HEAD`` and ``OPTIONS`` for every route, inside the guard so a
+5. :class:`ImplicitMethods`: ``HEAD`` and ``OPTIONS`` for every route, inside the guard so a
    ``HEAD`` passes every check its ``GET`` would;
-5. :class:`BodySizeLimit`: the body-size cap, inside metrics so its 413s are counted, and
+6. :class:`BodySizeLimit`: the body-size cap, inside metrics so its 413s are counted, and
    around everything that reads a body;
-6. :class:`ErasedAsUnknown`: innermost, next to the router, so the recommendations route of
+7. :class:`ErasedAsUnknown`: innermost, next to the router, so the recommendations route of
    an erased user is rewritten after every check and the outer layers (metrics) see the
    route the router matched.
 
@@ -31,9 +36,11 @@ from urllib.parse import quote
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.auth import API_KEY_HEADER
 from serving.erasure import ErasedUsers
 from serving.guard import Guard
 from serving.metrics import Metrics, MetricsMiddleware
@@ -41,6 +48,10 @@ from serving.refusals import send_json
 
 log = logging.getLogger(__name__)
 
+CORS_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+CORS_HEADERS = (API_KEY_HEADER, "Content-Type")
+CORS_EXPOSED = ("Retry-After", "X-Served-By")
+"""Answer headers a web page may read (the wait after a 429, which worker answered)."""
 PLACEHOLDER_ID = "\u0000erased-user"
 """The id an erased user's request is served under: no provider sends a NUL character."""
 USERS_PREFIX = "/v1/users/"
@@ -48,7 +59,7 @@ RECOMMENDATIONS_SUFFIX = "/recommendations"
 
 
 def install(app: FastAPI, *, erased: ErasedUsers, max_body_bytes: int, routes: Callable[[], Sequence[BaseRoute]],
-            guard: dict[str, Any], metrics: Metrics) -> None:
+            guard: dict[str, Any], metrics: Metrics, cors_origins: Sequence[str] = ()) -> None:
     """Register the whole stack in the order of the module docstring.
 
     Starlette wraps each middleware added around the ones added before it, so they are
@@ -58,6 +69,9 @@ def install(app: FastAPI, *, erased: ErasedUsers, max_body_bytes: int, routes: C
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(ImplicitMethods, routes=routes)
     app.add_middleware(Guard, **guard)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=list(CORS_METHODS),
+                           allow_headers=list(CORS_HEADERS), expose_headers=list(CORS_EXPOSED), max_age=600)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(ServedBy)
 

@@ -38,6 +38,8 @@ _ERROR_BODY = {
                 "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
                 "msg": {"type": "string"},
                 "type": {"type": "string"},
+                "allowed": {"type": "array", "items": {"type": "string"},
+                            "description": "the values the parameter takes (an unknown kind, category or age band)"},
             }},
         },
     },

@@ -28,16 +28,13 @@ def lift_answers(result: RecommendationList, user_id: str, book: RequestBook, en
     if not requests:
         return result
     catalog = engine.catalog
-    allowed = engine.available(filters.at)
+    allowed = engine.allowed(filters) if filters.narrows else engine.available(filters.at)
     engaged = _engaged(engine, user_id)
     lifted: list[Recommended] = []
     for request in reversed(requests):  # the newest request first
         answer = book.answer(request, catalog)
         item = answer.item
         if answer.status != "matched" or item is None or not allowed[item] or item in engaged:
-            continue
-        if (filters.kind and catalog.kind_name(item) != filters.kind) or (
-                filters.category and catalog.category_name(item) != filters.category):
             continue
         if any(r.item == item for r in lifted):
             continue

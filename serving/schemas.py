@@ -16,13 +16,27 @@ personalisation off (city-wide popularity and editorial picks, as for an anonymo
 
 
 class RecommendedItem(BaseModel):
+    """One listed item, with what an app needs to render it (no second look-up)."""
+
     item_id: str
     title: str
     kind: str | None
     category: str | None
+    starts_at: str | None = Field(None, description="ISO-8601 start, in the platform's time zone; null = always "
+                                                    "available")
+    ends_at: str | None = Field(None, description="ISO-8601 end; null = open-ended")
+    venue_id: str | None = None
+    region_code: str | None = Field(None, description="the item's district (6-digit GB/T 2260)")
+    lat: float | None = Field(None, description="null for an item without a place (digital)")
+    lon: float | None = None
+    is_free: bool = False
+    provider: str | None = None
     score: float
     reason: str = Field(description="short plain-language reason shown next to the item")
     editorial: bool = Field(False, description="placed by an editorial slot (the operators' curated pool)")
+    full: bool = Field(False, description="the event is at capacity (listed only where full events are kept, marked)")
+    distance_km: float | None = Field(None, description="from the request's lat/lon; null without a place, or for an "
+                                                        "item without one")
 
 
 class _ListBody(BaseModel):
@@ -32,10 +46,15 @@ class _ListBody(BaseModel):
         None, description="null for a personal list; else the popularity the list falls back to"
     )
     items: list[RecommendedItem]
+    next_cursor: str | None = Field(None, description="pass as cursor for the next page of this list; null when "
+                                                      "the list ends (a short page, or its bound of 200 items)")
 
 
 _ITEM_EXAMPLE = {"item_id": "op000123", "title": "《锁麟囊》全本", "kind": "opera", "category": "戏曲",
-                 "score": 0.87, "reason": "因为你参加过《霸王别姬》"}
+                 "starts_at": "2026-11-21T19:30:00+08:00", "ends_at": "2026-11-21T22:00:00+08:00",
+                 "venue_id": "v0042", "region_code": "110102", "lat": 39.915, "lon": 116.357, "is_free": True,
+                 "provider": "市文化馆", "score": 0.87, "reason": "因为你参加过《霸王别姬》", "editorial": False,
+                 "full": False, "distance_km": 2.418}
 
 
 class UserRecommendations(_ListBody):

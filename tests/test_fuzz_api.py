@@ -39,8 +39,11 @@ from serving.app import create_app
 from tests.serving_fixtures import KEY_HEADERS, keyed_settings, rules_data, write_bundle
 
 EXAMPLES = 80
-CROSS_PARAMETER_RULES = ("lat and lon must be given together", "radius_km needs lat and lon", "at: cannot read")
-"""The 422 details a schema-valid request may get (rules across parameters, or ``at`` not a time)."""
+CROSS_PARAMETER_RULES = ("lat and lon must be given together", "radius_km needs lat and lon", "at: cannot read",
+                         "starts_after:", "starts_before:", "cursor:", "kind: unknown kind",
+                         "category: unknown category", "age_band: unknown age_band")
+"""The 422 details a schema-valid request may get (rules across parameters, a time that is not one,
+a cursor this server did not make, a value the served catalogue does not hold)."""
 
 
 @pytest.fixture(scope="module")

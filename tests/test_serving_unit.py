@@ -173,7 +173,8 @@ def test_kind_filter(client, kind):
 def test_category_filter_and_unknown_kind(client):
     body = recommend(client, "u9", n=5, category="讲座", at=iso(T0))
     assert {item["category"] for item in body["items"]} == {"讲座"}
-    assert recommend(client, "u9", kind="no-such-kind")["items"] == []
+    unknown = client.get("/v1/users/u9/recommendations", params={"kind": "no-such-kind"})
+    assert unknown.status_code == 422 and unknown.json()["errors"][0]["allowed"] == ["digital", "event"]
 
 
 def test_fallback_labels_name_what_the_list_is(client):
@@ -195,9 +196,11 @@ def test_any_id_is_addressable_in_the_path(client, user):
 
 def test_response_shape(client):
     body = recommend(client, "u2", n=3, at=iso(T0))
-    assert set(body) == {"user_id", "model_version", "generated_at", "fallback", "items"}
+    assert set(body) == {"user_id", "model_version", "generated_at", "fallback", "items", "next_cursor"}
     assert body["model_version"].startswith("local-")
-    assert set(body["items"][0]) == {"item_id", "title", "kind", "category", "score", "reason", "editorial"}
+    assert set(body["items"][0]) == {"item_id", "title", "kind", "category", "score", "reason", "editorial",
+                                     "starts_at", "ends_at", "venue_id", "region_code", "lat", "lon", "is_free",
+                                     "provider", "full", "distance_km"}
     assert body["items"][0]["title"].startswith("活动") and body["items"][0]["reason"]
 
 
@@ -574,7 +577,7 @@ def test_serve_command_passes_options_to_the_workers(monkeypatch, tmp_path):
 
 # ---- the core's request hot path (optimised for serving) ----------------------------------
 def _reference_mmr(candidates, scores, categories, n, diversity):
-    """MMR exactly as first written (a set of seen categories, rebuilt per step)."""
+    """MMR written as its formula (chosen items per category, recounted per step)."""
     candidates = np.asarray(candidates)
     if diversity == 0.0 or len(candidates) <= 1:
         return candidates[:n]
@@ -582,15 +585,15 @@ def _reference_mmr(candidates, scores, categories, n, diversity):
     span = relevance.max() - relevance.min()
     relevance = (relevance - relevance.min()) / span if span > 0 else np.ones_like(relevance)
     cats = np.asarray(categories)[candidates]
-    chosen, seen, remaining = [], set(), np.ones(len(candidates), dtype=bool)
+    chosen, remaining = [], np.ones(len(candidates), dtype=bool)
     while len(chosen) < min(n, len(candidates)):
-        redundancy = np.array([c >= 0 and c in seen for c in cats], dtype=float)
+        picked = [int(cats[p]) for p in chosen]
+        redundancy = np.array([picked.count(int(c)) if c >= 0 else 0 for c in cats], dtype=float)
         gain = (1.0 - diversity) * relevance - diversity * redundancy
         gain[~remaining] = -np.inf
         pick = int(np.argmax(gain))
         chosen.append(pick)
         remaining[pick] = False
-        seen.add(int(cats[pick]))
     return candidates[chosen]
 
 

@@ -8,7 +8,8 @@ its first call per district pools that district's users, which may take longer.
 
 The user list is the API's hot path (measured: FastAPI's per-parameter query handling and
 response-model validation cost as much CPU as the whole precomputed-candidate lookup), so:
-its query is one pydantic model validated in one call (:mod:`serving.list_query`); the
+its query is one pydantic model validated in one call (:mod:`serving.list_query`, as every
+list's is; :mod:`serving.list_filters` turns it into the engine's filters and the page); the
 served model is read directly rather than injected; and the body goes out already
 serialised (:mod:`serving.encode`), so the declared ``response_model`` documents it (tests
 hold the body to it) but FastAPI neither validates nor re-encodes a list the engine built
@@ -19,24 +20,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 from starlette.convertors import PathConvertor, register_url_convertor
 
 from recsys.contract import MAX_ID_LENGTH
-from recsys.query import Filters, UnknownItem, UnknownRegion, UserContext
-from serving.deps import (
-    At,
-    Count,
-    PersonalReaderDep,
-    ServedDep,
-    Services,
-    ServicesDep,
-    moment_of,
-    place_of,
-    served_model,
-)
+from recsys.query import UnknownItem, UnknownRegion, UserContext
+from serving.deps import PersonalReaderDep, ServedDep, Services, ServicesDep, place_of, served_model
 from serving.encode import list_fields, user_list_json
-from serving.list_query import UserListQuery, parse_query, query_parameters
+from serving.list_filters import check_age_band, cursor_after, list_filters
+from serving.list_query import RegionListQuery, SimilarListQuery, UserListQuery, parse_query, query_parameters
 from serving.request_answers import lift_answers
 from serving.request_book import book_of
 from serving.schemas import RegionRecommendations, SimilarItems, UserRecommendations
@@ -69,8 +61,7 @@ async def user_recommendations(user_id: Id, request: Request, _: PersonalReaderD
     svc: Services = request.app.state.services
     engine = served.engine
     place = place_of(query.lat, query.lon, query.radius_km)
-    filters = Filters(at=moment_of(query.at, served), kind=query.kind, category=query.category, lat=place.lat,
-                      lon=place.lon, radius_km=place.radius_km)
+    filters, page = list_filters(query, served, kind=query.kind, category=query.category, place=place)
     context = UserContext(live_weights=svc.live.weights_for(user_id, engine.catalog.items),
                           dismissed=svc.live.dismissed_for(user_id, engine.catalog.items),
                           controls=svc.controls.of(user_id))
@@ -78,34 +69,41 @@ async def user_recommendations(user_id: Id, request: Request, _: PersonalReaderD
                              region=query.region)
     result = lift_answers(result, user_id, book_of(request), engine, filters, query.n, svc.settings.lang)
     svc.metrics.listed("users", result.fallback, len(result.items))
-    return user_list_json(served.version, engine, result, user_id)
+    return user_list_json(served.version, engine, result, user_id, filters,
+                          cursor_after(served, page, result, query.n))
 
 
-@router.get("/regions/{region_code}/recommendations", response_model=RegionRecommendations, responses=NOT_FOUND)
+@router.get("/regions/{region_code}/recommendations", response_model=RegionRecommendations, responses=NOT_FOUND,
+            openapi_extra={"parameters": query_parameters(RegionListQuery)})
 def region_recommendations(
-    region_code: Annotated[str, Path(min_length=1, max_length=64)], served: ServedDep, svc: ServicesDep,
-    n: Count = 10, at: At = None,
-    kind: Annotated[str | None, Query(max_length=64)] = None,
-    age_band: Annotated[str | None, Query(max_length=32, examples=["60+"])] = None,
+    region_code: Annotated[str, Path(min_length=1, max_length=64)], request: Request, served: ServedDep,
+    svc: ServicesDep,
 ) -> RegionRecommendations:
     """What a district's residents (optionally one age band) would like."""
+    query = parse_query(RegionListQuery, request)
+    check_age_band(query.age_band)
     engine = served.engine
+    filters, page = list_filters(query, served, kind=query.kind)
     try:
-        result = engine.for_region(region_code, n, Filters(at=moment_of(at, served), kind=kind), age_band=age_band)
+        result = engine.for_region(region_code, query.n, filters, age_band=query.age_band or None)
     except UnknownRegion as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown region {region_code!r}") from exc
     svc.metrics.listed("regions", result.fallback, len(result.items))
-    return RegionRecommendations(region_code=region_code, **list_fields(served.version, engine, result))
+    return RegionRecommendations(region_code=region_code, **list_fields(
+        served.version, engine, result, filters, cursor_after(served, page, result, query.n)))
 
 
-@router.get("/items/{item_id:id}/similar", response_model=SimilarItems, responses=NOT_FOUND)
-async def similar_items(item_id: Id, served: ServedDep, svc: ServicesDep, n: Count = 10,
-                        at: At = None) -> SimilarItems:
+@router.get("/items/{item_id:id}/similar", response_model=SimilarItems, responses=NOT_FOUND,
+            openapi_extra={"parameters": query_parameters(SimilarListQuery)})
+async def similar_items(item_id: Id, request: Request, served: ServedDep, svc: ServicesDep) -> SimilarItems:
     """Items like this one that can still be shown at ``at``."""
+    query = parse_query(SimilarListQuery, request)
     engine = served.engine
+    filters, page = list_filters(query, served)
     try:
-        result = engine.similar(item_id, n, Filters(at=moment_of(at, served)))
+        result = engine.similar(item_id, query.n, filters)
     except UnknownItem as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown item {item_id!r}") from exc
     svc.metrics.listed("similar", result.fallback, len(result.items))
-    return SimilarItems(item_id=item_id, **list_fields(served.version, engine, result))
+    return SimilarItems(item_id=item_id, **list_fields(
+        served.version, engine, result, filters, cursor_after(served, page, result, query.n)))
