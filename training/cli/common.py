@@ -38,6 +38,11 @@ EXIT_REFUSED = 3
 _json_errors = ContextVar("json_errors", default=False)
 """Whether this invocation asked for ``--json`` (errors then go to stdout as JSON too)."""
 
+_json_document_written = ContextVar("json_document_written", default=False)
+"""Whether this invocation already wrote its JSON document: stdout then holds exactly that one
+document (it states the failure itself, e.g. ``store-verify``'s ``healthy: false``), so an error
+after it is not written as a second one."""
+
 
 def _remember_json(value: bool) -> bool:
     # an option callback runs while the verb's options are parsed: before any error it could raise
@@ -48,6 +53,7 @@ def _remember_json(value: bool) -> bool:
 def reset_json_errors() -> None:
     """Forget a previous invocation's ``--json`` (several invocations can share one process)."""
     _json_errors.set(False)
+    _json_document_written.set(False)
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary (errors too)",
@@ -78,6 +84,7 @@ def emit(summary: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any
     """Print a command's summary: JSON on stdout with ``--json``, else a short human table."""
     if as_json:
         sys.stdout.write(json.dumps(summary, ensure_ascii=False, default=str, indent=2) + "\n")
+        _json_document_written.set(True)
         return
     if render is not None:
         render(summary)
@@ -90,7 +97,7 @@ def emit(summary: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
     """Print an error on stderr (and as JSON on stdout with ``--json``); return the Exit to raise."""
     console.print(f"[red]error:[/red] {escape(message)}")
-    if _json_errors.get():
+    if _json_errors.get() and not _json_document_written.get():
         sys.stdout.write(json.dumps({"error": message, "exit_code": code}, ensure_ascii=False) + "\n")
     return typer.Exit(code)
 
