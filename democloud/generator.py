@@ -859,6 +859,7 @@ def _items_frame(items: _Items) -> pl.DataFrame:
         "is_free": items.is_free,
         "hidden": items.hidden,
         **_audience_columns(len(items.kind)),
+        "series_id": pl.Series([None] * len(items.kind), dtype=pl.String),  # the demo links no sessions
     })
     frame = frame.with_columns(
         pl.when(pl.Series(digital)).then(None).otherwise(pl.col("ends_at")).alias("ends_at"),

@@ -327,6 +327,7 @@ def catalog_from_frame(items: pl.DataFrame) -> Catalog:
         hidden=items["hidden"].fill_null(False).to_list(), venue=items["venue_id"].to_list(),
         provider=items["provider"].to_list() if "provider" in items.columns else None,
         min_age=_column(items, "min_age"), editorial=_column(items, "editorial"), is_free=_column(items, "is_free"),
+        capacity=_column(items, "capacity"), series=_column(items, "series_id"),
     )
 
 

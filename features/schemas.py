@@ -57,9 +57,10 @@ ITEMS = {
     "hidden": pl.Boolean,
     "min_age": pl.Int64,
     "editorial": pl.Boolean,
+    "series_id": pl.String,
 }
 
-ADDED_LATER = {**PROVENANCE, "min_age": pl.Int64, "editorial": pl.Boolean}
+ADDED_LATER = {**PROVENANCE, "min_age": pl.Int64, "editorial": pl.Boolean, "series_id": pl.String}
 """Columns a store file written before they existed lacks: such a file reads them as nulls."""
 
 SCHEMAS = {"interactions": INTERACTIONS, "users": USERS, "items": ITEMS}

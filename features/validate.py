@@ -25,6 +25,7 @@ import polars as pl
 
 from features import schemas
 from recsys.contract import ACTIONS, AGE_BANDS, AREA_TYPES, MAX_ID_LENGTH, REGION_CODE_PATTERN, Reason
+from recsys.item_rules import EPOCH_RANGE, FALSE_WORDS, ISO_TIME_PATTERN, MAX_MIN_AGE, MAX_OFFSET_MINUTES, TRUE_WORDS
 
 REASON = "reason"
 ROW = "row_number"
@@ -33,24 +34,11 @@ TABLE = "table"
 RAW_LINE = "raw_line"
 TORN = "__torn"
 
-MAX_MIN_AGE = 150
-"""A ``min_age`` beyond this (or negative, or fractional) is no age: ``unparseable_number``."""
-
-TRUE_WORDS = ("true", "1", "yes", "是")
-FALSE_WORDS = ("false", "0", "no", "否")
-
-# Epoch seconds Python's datetime can represent (year 1 onwards) within parse_timestamp's
-# sanity bound of |t| <= 1e11.
-_EPOCH_MIN = -62_135_596_800.0
-_EPOCH_MAX = 1e11
-_MAX_OFFSET_MINUTES = 24 * 60
-
-_ISO = (
-    r"^(?<Y>\d{4})(?:-(?<M>\d{2})-(?<D>\d{2})|(?<M2>\d{2})(?<D2>\d{2}))"
-    r"(?:[Tt ](?:(?<h>\d{2})(?::(?<m>\d{2})(?::(?<s>\d{2})(?:[.,](?<f>\d+))?)?)?"
-    r"|(?<h2>\d{2})(?:(?<m2>\d{2})(?:(?<s2>\d{2})(?:[.,](?<f2>\d+))?)?)?)"
-    r"(?: ?(?<sign>[+-])(?<oh>\d{2})(?::?(?<om>\d{2}))?)?)?$"
-)
+# The flag words, the age bound and the time spellings are the core's (recsys.item_rules), which
+# the API checks single rows with: one statement of each rule for both readings.
+_EPOCH_MIN, _EPOCH_MAX = EPOCH_RANGE
+_MAX_OFFSET_MINUTES = MAX_OFFSET_MINUTES
+_ISO = ISO_TIME_PATTERN
 
 QUARANTINE_VALUE_COLUMNS: tuple[str, ...] = tuple(
     dict.fromkeys([*schemas.INTERACTIONS, *schemas.USERS, *schemas.ITEMS])
@@ -267,12 +255,13 @@ def validate_items(raw: pl.LazyFrame, time_zone: str) -> pl.LazyFrame:
     whole_age = pl.when((min_age == min_age.floor()) & min_age.is_between(0, MAX_MIN_AGE)).then(min_age.cast(pl.Int64))
     tags = (
         clean_text("tags").fill_null("").str.split("|")
-        .list.eval(pl.element().str.strip_chars().filter(pl.element().str.len_bytes() > 0))
+        # stripped first, then the blank ones dropped: " a | |b " is two tags, not three
+        .list.eval(pl.element().str.strip_chars()).list.eval(pl.element().filter(pl.element().str.len_bytes() > 0))
     )
     frame = with_time(raw, "starts_at", typed("starts_at"), time_zone)
     frame = with_time(frame, "ends_at", typed("ends_at"), time_zone).with_columns(
         *(clean_text(c).alias(typed(c)) for c in
-          ("item_id", "title", "kind", "category", "region_code", "venue_id", "provider")),
+          ("item_id", "title", "kind", "category", "region_code", "venue_id", "provider", "series_id")),
         tags.alias(typed("tags")),
         parse_number(clean_text("lat")).alias(typed("lat")),
         parse_number(clean_text("lon")).alias(typed("lon")),
@@ -284,9 +273,12 @@ def validate_items(raw: pl.LazyFrame, time_zone: str) -> pl.LazyFrame:
     )
     lat, lon = pl.col(typed("lat")), pl.col(typed("lon"))
     starts, ends = pl.col(typed("starts_at")), pl.col(typed("ends_at"))
+    if TORN not in raw.collect_schema():  # only the API's item lines can be torn
+        frame = frame.with_columns(pl.lit(False).alias(TORN))
     checks = [
+        (pl.col(TORN), Reason.TORN_LINE),
         (pl.col(typed("item_id")).is_null(), Reason.MISSING_FIELD),
-        (_too_long("item_id", "venue_id"), Reason.ID_TOO_LONG),
+        (_too_long("item_id", "venue_id", "series_id"), Reason.ID_TOO_LONG),
         (_unparsed("lat", lat) | _unparsed("lon", lon) | _unparsed("capacity", pl.col(typed("capacity")))
          | _unparsed("min_age", pl.col(typed("min_age"))), Reason.BAD_NUMBER),
         ((lat.is_null() != lon.is_null()) | ~lat.is_between(-90, 90).fill_null(True)

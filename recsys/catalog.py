@@ -49,6 +49,12 @@ class Catalog:
     """Whether each item is in the operators' curated pool (:mod:`recsys.editorial`)."""
     is_free: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     """Whether each item is free of charge (unknown reads as not free)."""
+    capacity: np.ndarray = field(default_factory=lambda: np.full(0, np.nan))
+    """Places of each item (``nan`` = no limit); reservations count against it (:mod:`recsys.capacity`)."""
+    series: list[str | None] = field(default_factory=list)
+    """Each item's ``series_id``: items sharing one stand in for each other (:mod:`recsys.substitution`)."""
+    full: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    """Whether each item's reservations reached its capacity: the server's live count, never saved."""
 
     def __post_init__(self) -> None:
         # A catalog saved (or built) before these columns existed gets their neutral values.
@@ -59,6 +65,12 @@ class Catalog:
             self.editorial = np.zeros(n, dtype=bool)
         if len(self.is_free) != n:
             self.is_free = np.zeros(n, dtype=bool)
+        if len(self.capacity) != n:
+            self.capacity = np.full(n, np.nan)
+        if len(self.series) != n:
+            self.series = [None] * n
+        if len(self.full) != n:
+            self.full = np.zeros(n, dtype=bool)
 
     @classmethod
     def from_columns(
@@ -80,6 +92,8 @@ class Catalog:
         min_age: Sequence[float | None] | None = None,
         editorial: Sequence[bool | None] | None = None,
         is_free: Sequence[bool | None] | None = None,
+        capacity: Sequence[float | None] | None = None,
+        series: Sequence[str | None] | None = None,
     ) -> Catalog:
         """Build from plain columns; missing columns mean "unknown" for every item."""
         n = len(item_ids)
@@ -101,6 +115,7 @@ class Catalog:
             venue=list(venue or nothing),
             provider=list(provider or nothing),
             min_age=_floats(min_age, n), editorial=_flags(editorial, n), is_free=_flags(is_free, n),
+            capacity=_floats(capacity, n), series=list(series or nothing),
         )
 
     def __len__(self) -> int:
@@ -195,12 +210,12 @@ class Catalog:
             kind=self.kind, category=self.category, region=self.region,
             lat=self.lat, lon=self.lon, starts_at=self.starts_at, ends_at=self.ends_at,
             hidden=self.hidden, tags_indptr=self.tags.indptr, tags_indices=self.tags.indices,
-            min_age=self.min_age, editorial=self.editorial, is_free=self.is_free,
+            min_age=self.min_age, editorial=self.editorial, is_free=self.is_free, capacity=self.capacity,
         )
         meta = {
             "items": self.items.ids, "title": self.title, "kinds": self.kinds,
             "categories": self.categories, "regions": self.regions, "tag_names": self.tag_names,
-            "venue": self.venue, "provider": self.provider,
+            "venue": self.venue, "provider": self.provider, "series": self.series,
         }
         (directory / "catalog.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
 
@@ -220,7 +235,8 @@ class Catalog:
             region=a["region"], regions=meta["regions"], tags=tags, tag_names=meta["tag_names"],
             lat=a["lat"], lon=a["lon"], starts_at=a["starts_at"], ends_at=a["ends_at"],
             hidden=a["hidden"], venue=meta["venue"], provider=meta.get("provider", []),
-            **{name: a[name] for name in ("min_age", "editorial", "is_free") if name in a},
+            series=meta.get("series", []),
+            **{name: a[name] for name in ("min_age", "editorial", "is_free", "capacity") if name in a},
         )
 
 

@@ -47,10 +47,12 @@ USER_COLUMNS: tuple[str, ...] = ("user_id", "region_code", "age_band", "area_typ
 ITEM_REQUIRED: tuple[str, ...] = ("item_id",)
 ITEM_COLUMNS: tuple[str, ...] = (
     "item_id", "title", "kind", "category", "tags", "region_code", "venue_id", "lat", "lon",
-    "starts_at", "ends_at", "capacity", "provider", "is_free", "hidden", "min_age", "editorial",
+    "starts_at", "ends_at", "capacity", "provider", "is_free", "hidden", "min_age", "editorial", "series_id",
 )
 """``min_age``: the youngest age the item is meant for (a whole number of years, empty = everyone;
-:mod:`recsys.audience`); ``editorial``: in the operators' curated pool (:mod:`recsys.editorial`)."""
+:mod:`recsys.audience`); ``editorial``: in the operators' curated pool (:mod:`recsys.editorial`);
+``series_id``: items sharing one are versions of one programme (an offline event, its other
+sessions, its digital broadcast), offered in each other's place (:mod:`recsys.substitution`)."""
 
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "interactions": INTERACTION_REQUIRED,
@@ -132,7 +134,7 @@ def parse_timestamp(value: Any, default_tz: str = "Asia/Shanghai") -> datetime |
         if not text:
             return None
         try:
-            if _looks_numeric(text):
+            if looks_numeric(text):
                 return parse_timestamp(float(text), default_tz)
         except ValueError:  # epoch before year 1: not a time either way
             pass
@@ -164,7 +166,8 @@ def latest_event_time(max_future_skew_days: float, now: datetime | None = None) 
         return datetime.max.replace(tzinfo=UTC)
 
 
-def _looks_numeric(text: str) -> bool:
+def looks_numeric(text: str) -> bool:
+    """Whether Python reads ``text`` as a number (then it is epoch seconds, never an ISO time)."""
     try:
         float(text)
     except ValueError:

@@ -64,6 +64,12 @@ class EngineHome:
         return self.store / "incoming"
 
     @property
+    def item_lines(self) -> Path:
+        """Durable JSON-lines segments of catalogue writes to the API (one per server process),
+        folded into ``items.parquet`` by the next ingest (:mod:`recsys.live_catalog`)."""
+        return self.incoming / "items"
+
+    @property
     def tombstones(self) -> Path:
         """Erased users (right to erasure), applied to reads and compacted on the next ingest."""
         return self.store / "tombstones.jsonl"

@@ -37,6 +37,7 @@ from serving.deps import Services
 from serving.docs import install_docs
 from serving.follower import PeerFollower
 from serving.live import LiveInteractions
+from serving.live_items import LiveItems
 from serving.metrics import Metrics
 from serving.middleware import install as install_middleware
 from serving.openapi import document_errors
@@ -46,7 +47,7 @@ from serving.ratelimit import TokenBuckets
 from serving.redact import install_access_log_redaction
 from serving.reload_requests import ReloadRequests
 from serving.reports import ReportFiles
-from serving.routers import admin, controls, interactions, ops, recommendations, reports, requests
+from serving.routers import admin, controls, interactions, items, ops, recommendations, reports, requests
 from serving.segment_tail import SegmentTail
 from serving.segments import SegmentWriter
 from serving.sources import DirectorySource, ModelSource, RegistrySource
@@ -56,7 +57,7 @@ from serving.user_controls import follow_erasures_and_controls
 log = logging.getLogger(__name__)
 
 # controls before admin: ``DELETE /v1/users/{user_id:id}`` would match ``.../profile/tags/{tag}`` too
-ROUTERS = (recommendations, interactions, ops, controls, admin, reports, requests)
+ROUTERS = (recommendations, interactions, items, ops, controls, admin, reports, requests)
 
 DESCRIPTION = """\
 Recommendations for a public cultural-resource platform (文化云): personal lists, district
@@ -102,10 +103,11 @@ def build_services(settings: ServingSettings) -> Services:
     home = settings.engine_home()
     metrics = Metrics()
     live = LiveInteractions(settings.live_max_users, settings.live_max_items_per_user)
+    items = LiveItems(home, lang=settings.lang, hide_full=settings.full_events == "hide")
     holder = ModelHolder(
         model_source(settings, home), LastKnownGood(home.serving_cache), home.serving_cache.parent / "downloads",
         lang=settings.lang, on_change=lambda served: _model_changed(metrics, live, served),
-        candidate_users=settings.candidate_users,
+        candidate_users=settings.candidate_users, overlay=items.overlay,
     )
     erased, user_controls = follow_erasures_and_controls(home.tombstones, home.controls, live, metrics)
     return Services(
@@ -119,6 +121,7 @@ def build_services(settings: ServingSettings) -> Services:
         keys=KeyRing.from_settings(_secret(settings.admin_key), _secret(settings.api_keys), settings.api_keys_file),
         quota=DailyQuota(home.serving_cache.parent / "quota", settings.daily_rows_per_key),
         controls=user_controls,
+        items=items,
     )
 
 
@@ -165,6 +168,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await anyio.to_thread.run_sync(services.holder.start)
     if peers is not None:
         await peers.start()  # caught up with the other servers' recent posts before the first request
+    await services.items.start(services.holder, services.settings.tail_interval)
     interval = services.settings.reload_interval
     poller = asyncio.create_task(_poll(services, interval)) if interval > 0 else None
     try:
@@ -176,6 +180,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await poller
         if peers is not None:
             await peers.stop()
+        await services.items.stop()
         services.segments.close()
         blas.restore_original_limits()
 

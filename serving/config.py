@@ -124,6 +124,11 @@ class ServingSettings(BaseSettings):
                              "and a multi-threaded BLAS makes that an order of magnitude slower",
     )
     max_batch: int = Field(10_000, ge=1, description="most interactions accepted in one POST")
+    max_item_batch: int = Field(1_000, ge=1, description="most items accepted in one POST /v1/items/batch")
+    full_events: Literal["hide", "flag"] = Field(
+        "hide", description="an event whose reservations reached its capacity: 'hide' leaves it out of every "
+                            "list (its series' alternative takes its place), 'flag' lists it with full: true",
+    )
     candidate_users: int = Field(
         DEFAULT_CANDIDATE_USERS, ge=0,
         description="for an artifact without precomputed candidates: most users (the most active) whose "

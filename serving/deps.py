@@ -20,6 +20,7 @@ from serving.auth import KEY_FIELD, ApiKey, KeyRing, Scope, authorize
 from serving.config import ServingSettings
 from serving.erasure import ErasedUsers
 from serving.live import LiveInteractions
+from serving.live_items import LiveItems
 from serving.metrics import Metrics
 from serving.quota import DailyQuota
 from serving.redact import public_text
@@ -45,6 +46,8 @@ class Services:
     quota: DailyQuota
     controls: ControlsLog
     """The residents' own choices (:mod:`serving.user_controls`)."""
+    items: LiveItems
+    """The catalogue written through the API, and full events (:mod:`serving.live_items`)."""
 
 
 async def services(request: Request) -> Services:
@@ -134,8 +137,10 @@ class RequireScope:
 
 ADMIN = RequireScope(Scope.ADMIN)
 WRITE_INTERACTIONS = RequireScope(Scope.WRITE_INTERACTIONS)
+WRITE_ITEMS = RequireScope(Scope.WRITE_ITEMS)
 PERSONAL_READ = RequireScope(Scope.READ, personal=True)
 
 AdminDep = Annotated[ApiKey, Depends(ADMIN)]
 InteractionsWriterDep = Annotated[ApiKey, Depends(WRITE_INTERACTIONS)]
+ItemsWriterDep = Annotated[ApiKey, Depends(WRITE_ITEMS)]
 PersonalReaderDep = Annotated[ApiKey | None, Depends(PERSONAL_READ)]

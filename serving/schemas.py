@@ -93,6 +93,8 @@ class InteractionsAccepted(BaseModel):
     }]})
     accepted: int
     rejected: list[Rejection]
+    pending: int = Field(0, description="of the accepted, interactions on an item not in the catalogue yet: kept, "
+                                        "and counted once the item is created (ingest quarantines them if it never is)")
 
 
 class ModelInfo(BaseModel):

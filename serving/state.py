@@ -57,6 +57,9 @@ class ServedModel:
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     degraded: str | None = None
     """Why the server runs on its last-known-good copy instead of the source (None if it does not)."""
+    shadow: DeliveryEngine | None = None
+    """The same model with full events still listed, for substitution to see what they displaced
+    (:mod:`serving.substitutes`); None when no listed event is left out for being full."""
 
     @property
     def bundle(self) -> ModelBundle:
@@ -83,13 +86,19 @@ class ServedModel:
 class ModelHolder:
     def __init__(self, source: ModelSource, cache: LastKnownGood, scratch: Path, *, lang: str = "zh",
                  on_change: Callable[[ServedModel], None] | None = None,
-                 candidate_users: int = DEFAULT_CANDIDATE_USERS) -> None:
+                 candidate_users: int = DEFAULT_CANDIDATE_USERS,
+                 overlay: Callable[[ServedModel], ServedModel] | None = None) -> None:
         self.source = source
         self.cache = cache
         self.scratch = Path(scratch)
         self.lang = lang
         self.on_change = on_change
         self.current: ServedModel | None = None
+        """What requests are served from: the loaded model with the live catalogue laid over it."""
+        self.loaded: ServedModel | None = None
+        """The model as loaded from its source, before the overlay."""
+        self.overlay = overlay
+        self._overlay_lock = threading.Lock()
         self.problem: str | None = None
         """Why nothing (or only the last-known-good copy) is served."""
         self._reload_lock = threading.Lock()
@@ -184,7 +193,9 @@ class ModelHolder:
         return ServedModel(engine, version, alias, model_name, source, degraded=degraded)
 
     def _swap(self, served: ServedModel) -> None:
-        self.current = served  # the one reference requests read: a single atomic store
+        with self._overlay_lock:
+            self.loaded = served
+            current = self.current = self._overlaid(served)  # the one reference requests read: one store
         self.problem = served.degraded
         if self._candidate_job is not None:
             self._candidate_job.stop()  # its engine no longer serves
@@ -192,7 +203,22 @@ class ModelHolder:
         if served.engine.candidates is None and self.candidate_users > 0:
             self._candidate_job = CandidateJob(served.engine, self.candidate_users).start()
         if self.on_change is not None:
-            self.on_change(served)
+            self.on_change(current)
+
+    def refresh_overlay(self) -> None:
+        """Lay the live catalogue over the loaded model again (after it changed) and serve that."""
+        with self._overlay_lock:
+            if self.loaded is not None:
+                self.current = self._overlaid(self.loaded)
+
+    def _overlaid(self, served: ServedModel) -> ServedModel:
+        if self.overlay is None:
+            return served
+        try:
+            return self.overlay(served)
+        except Exception:  # the trained catalogue still serves; the next change tries again
+            log.exception("could not lay the live catalogue over version %s", served.version)
+            return served
 
     def wait_for_candidates(self, timeout: float | None = None) -> bool:
         """Block until the background candidate job (if any) ends; True if none is running."""

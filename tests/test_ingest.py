@@ -160,7 +160,8 @@ def test_mixed_files_quarantine_every_bad_row_with_its_reason(home: EngineHome, 
     assert items_df.row(0, named=True) | {"starts_at": None, "ends_at": None} == {
         "item_id": "e1", "title": "Opera", "kind": "show", "category": None, "tags": ["戏曲", "京剧"],
         "region_code": None, "venue_id": None, "lat": 39.9, "lon": 116.4, "starts_at": None, "ends_at": None,
-        "capacity": 300, "provider": None, "is_free": True, "hidden": False}
+        "capacity": 300, "provider": None, "is_free": True, "hidden": False, "min_age": None, "editorial": None,
+        "series_id": None}
     assert items_df.row(1, named=True)["is_free"] is False and items_df.row(1, named=True)["hidden"] is True
     users_df = store.scan_users(home).collect().sort("user_id")
     assert users_df["user_id"].to_list() == ["u1", "u6"]

@@ -164,7 +164,7 @@ def test_long_ids_in_posted_interactions_are_rejected_one_by_one(client: TestCli
 def test_unicode_ids_work_end_to_end(client: TestClient, items: list[str], user: str) -> None:
     posted = [items[3], items[4], items[5]]
     answer = client.post("/v1/interactions", json=[interaction(user, item, action="attend") for item in posted])
-    assert answer.json() == {"accepted": 3, "rejected": []}
+    assert answer.json() == {"accepted": 3, "rejected": [], "pending": 0}
     response = client.get(f"/v1/users/{quote(user, safe='')}/recommendations", params={"n": 20})
     assert response.status_code == 200
     body = response.json()

@@ -146,7 +146,7 @@ def test_a_poisoning_post_is_flagged_and_changes_nothing(trained_demo: TrainedDe
         headers = {API_KEY_HEADER: KEY}
         posted = httpx.post(server.base + "/v1/interactions", json=attack_rows(target),
                             headers=headers, timeout=120)
-        assert posted.status_code == 202 and posted.json() == {"accepted": 1300, "rejected": []}
+        assert posted.status_code == 202 and posted.json() == {"accepted": 1300, "rejected": [], "pending": 0}
         control_root = copy_home(trained_demo.root, tmp_path / "control")
         shutil.copytree(home.incoming, EngineHome.at(control_root).incoming)  # the very same lines
 

@@ -277,7 +277,7 @@ def test_new_user_gets_personal_results_after_a_few_interactions(own_client):
     assert before["fallback"] == "popularity"
     posted = [{"user_id": user, "item_id": f"i{i}", "action": "reserve", "ts": iso(T0 - 3600)} for i in (4, 8, 12)]
     response = client.post("/v1/interactions", json=posted)
-    assert response.status_code == 202 and response.json() == {"accepted": 3, "rejected": []}
+    assert response.status_code == 202 and response.json() == {"accepted": 3, "rejected": [], "pending": 0}
     after = recommend(client, user, n=10, diversity=0.0, at=iso(T0))
     assert after["fallback"] is None and ids(after) != ids(before)
     assert not {"i4", "i8", "i12"} & set(ids(after))
@@ -314,16 +314,17 @@ def test_each_element_is_validated_on_its_own(own_client):
     response = client.post("/v1/interactions", json=batch)
     assert response.status_code == 202
     body = response.json()
-    assert body["accepted"] == 2
+    assert body["accepted"] == 3 and body["pending"] == 1  # an item not in the catalogue yet is kept
     assert [(r["index"], r["reason"]) for r in body["rejected"]] == [
         (1, "unknown_action"), (2, "unparseable_time"), (3, "missing_required_field"), (4, "id_too_long"),
-        (5, "item_not_in_catalog"), (6, "missing_required_field"), (7, "missing_required_field"),
+        (6, "missing_required_field"), (7, "missing_required_field"),
     ]
     lines = segment_lines(home)
-    assert [(line["item_id"], line["action"]) for line in lines] == [("i5", "click"), ("i9", "rate")]
+    assert [(line["item_id"], line["action"]) for line in lines] == [
+        ("i5", "click"), ("no-such-item", "view"), ("i9", "rate")]
     assert lines[0]["ts"] == "2026-11-20T02:00:00+00:00"  # naive time read in Asia/Shanghai
-    assert lines[1]["value"] == 5
-    assert client.post("/v1/interactions", json=[]).json() == {"accepted": 0, "rejected": []}
+    assert lines[2]["value"] == 5
+    assert client.post("/v1/interactions", json=[]).json() == {"accepted": 0, "rejected": [], "pending": 0}
 
 
 def test_live_state_survives_a_reload(own_client, bundle_b):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from features.validate import RAW_LINE, ROW, SOURCE, TORN
 from recsys import appendlog, provenance
 from recsys.contract import ALL_COLUMNS
 from recsys.home import EngineHome
+from recsys.item_rules import field_text
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,12 @@ class ApiLines:
     """Per segment name: ``start`` and ``end`` bytes, ``first_line`` number and ``lines`` consumed."""
 
 
-def committed_offsets(entries: Iterable[dict]) -> dict[str, dict[str, int]]:
-    """Per segment, the furthest byte (and the line number after it) a committed run consumed."""
+def committed_offsets(entries: Iterable[dict], key: str = "incoming") -> dict[str, dict[str, int]]:
+    """Per segment, the furthest byte (and the line number after it) a committed run consumed
+    (``key``: the log entry's field of these segments; ``item_lines`` for the catalogue's)."""
     done: dict[str, dict[str, int]] = {}
     for entry in entries:
-        for name, span in entry.get("incoming", {}).items():
+        for name, span in entry.get(key, {}).items():
             if span["end"] >= done.get(name, {"end": -1})["end"]:
                 done[name] = {"end": span["end"], "next_line": span["first_line"] + span["lines"]}
     return done
@@ -55,24 +57,30 @@ def committed_offsets(entries: Iterable[dict]) -> dict[str, dict[str, int]]:
 
 def read_api_lines(home: EngineHome, entries: list[dict]) -> ApiLines:
     """New complete lines of every segment, from the committed offset up to the last newline."""
-    done = committed_offsets(entries)
     rows: list[dict[str, Any]] = []
     offsets: dict[str, dict[str, int]] = {}
-    segments = sorted(home.incoming.glob("*.jsonl")) if home.incoming.exists() else []
-    for segment in segments:
-        start = done.get(segment.name, {}).get("end", 0)
-        first_line = done.get(segment.name, {}).get("next_line", 1)
-        lines = _new_lines(segment, start)
-        if lines is None:
-            continue
-        read, end = lines
-        rows.extend(_parse_lines(read, str(segment), first_line))
-        offsets[segment.name] = {"start": start, "end": end, "first_line": first_line, "lines": len(read)}
+    for segment, lines, span in new_segment_lines(home.incoming, committed_offsets(entries)):
+        rows.extend(_parse_lines(lines, str(segment), span["first_line"]))
+        offsets[segment.name] = span
     frame = pl.DataFrame(rows, schema=_SCHEMA) if rows else pl.DataFrame(schema=_SCHEMA)
     return ApiLines(frame, offsets)
 
 
-def _new_lines(segment: Path, start: int) -> tuple[list[bytes], int] | None:
+def new_segment_lines(directory: Path, done: dict[str, dict[str, int]]
+                      ) -> Iterator[tuple[Path, list[bytes], dict[str, int]]]:
+    """Per segment of ``directory`` with new complete lines since ``done`` (:func:`committed_offsets`):
+    the segment, its new lines, and their span (``start``, ``end``, ``first_line``, ``lines``)."""
+    segments = sorted(directory.glob("*.jsonl")) if directory.exists() else []
+    for segment in segments:
+        start = done.get(segment.name, {}).get("end", 0)
+        first_line = done.get(segment.name, {}).get("next_line", 1)
+        read = new_lines(segment, start)
+        if read is not None:
+            lines, end = read
+            yield segment, lines, {"start": start, "end": end, "first_line": first_line, "lines": len(lines)}
+
+
+def new_lines(segment: Path, start: int) -> tuple[list[bytes], int] | None:
     """The segment's lines from ``start`` and the offset after them (None: nothing to read)."""
     try:
         read = appendlog.read_new_lines(segment, start)
@@ -98,22 +106,12 @@ def _parse_lines(lines: list[bytes], source: str, first_line: int) -> list[dict[
             record = json.loads(line)
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
-            row.update({c: _as_field_text(record.get(c)) for c in ALL_COLUMNS["interactions"]})
-            row[APP] = _as_field_text(record.get(provenance.SOURCE))
+            row.update({c: field_text(record.get(c)) for c in ALL_COLUMNS["interactions"]})
+            row[APP] = field_text(record.get(provenance.SOURCE))
         except ValueError:  # also covers UnicodeDecodeError
             row.update({TORN: True, RAW_LINE: line.decode("utf-8", errors="replace")})
         rows.append(row)
     return rows
-
-
-def _as_field_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float | str):
-        return str(value)
-    return json.dumps(value, ensure_ascii=False)
 
 
 def pending_bytes(home: EngineHome, entries: list[dict]) -> int:
@@ -128,4 +126,6 @@ def pending_bytes(home: EngineHome, entries: list[dict]) -> int:
 def prune_segments(home: EngineHome, entries: list[dict], keep_days: float) -> list[str]:
     """Delete the consumed segments of stopped servers older than ``keep_days`` (:mod:`features.incoming`)."""
     committed = {name: done["end"] for name, done in committed_offsets(entries).items()}
-    return prune_consumed(home.incoming, committed, keep_days)
+    items = {name: done["end"] for name, done in committed_offsets(entries, "item_lines").items()}
+    return [*prune_consumed(home.incoming, committed, keep_days),
+            *(f"items/{name}" for name in prune_consumed(home.item_lines, items, keep_days))]

@@ -48,7 +48,7 @@ def _is_parquet(path: Path) -> bool:
         return fh.read(4) == b"PAR1"
 
 
-def _as_text(name: str, dtype: pl.DataType, source: str) -> pl.Expr:
+def as_text(name: str, dtype: pl.DataType, source: str) -> pl.Expr:
     """A Parquet column as the string a CSV would carry (times keep their zone, lists join on ``|``)."""
     column = pl.col(name)
     if isinstance(dtype, pl.Datetime):
@@ -90,7 +90,7 @@ def read_table_file(table: str, path: Path) -> pl.DataFrame:
         frame, schema = _scan(path)
         check_columns(table, source, list(schema))
         columns = [
-            (_as_text(c, schema[c], source) if c in schema else pl.lit(None, pl.String)).alias(c)
+            (as_text(c, schema[c], source) if c in schema else pl.lit(None, pl.String)).alias(c)
             for c in ALL_COLUMNS[table]
         ]
         text = frame.select(columns).with_row_index(ROW, offset=1).collect()

@@ -32,6 +32,8 @@ from features.ingest.erasure import (
 )
 from features.ingest.evaluate import Batch, Outcome, evaluate
 from features.ingest.files import ProviderFile, ingested_hashes, open_files
+from features.ingest.item_lines import LOG_KEY as ITEM_LINES
+from features.ingest.item_lines import ItemLines, item_rows, read_item_lines
 from features.ingest.requests import TABLE as REQUESTS
 from features.ingest.requests import ingest_requests, read_request_file
 from features.ingest.summary import IngestSummary, TableCounts, add_erased, log_entry, log_summary
@@ -107,10 +109,12 @@ class _Work:
     erasure: Erasure
     dropped: dict[str, int] = field(default_factory=dict)
     """Rows of erased users left out, per source table."""
+    items: ItemLines | None = None
+    """The API's catalogue writes (:mod:`features.ingest.item_lines`)."""
 
     @property
     def has_lines(self) -> bool:
-        return bool(self.lines and self.lines.offsets)
+        return bool(self.lines and self.lines.offsets) or bool(self.items and self.items.offsets)
 
     @property
     def is_empty(self) -> bool:
@@ -125,7 +129,8 @@ def _find_work(home: EngineHome, files: list[ProviderFile], include_incoming: bo
     for skipped in (f for f in files if f not in fresh):
         log.info("%s already ingested (sha256 %s); skipping it", skipped.path, skipped.sha256[:12])
     lines = read_api_lines(home, entries) if include_incoming else None
-    return _Work(writer.new_ingest_id(), entries, fresh, lines, read_erasure(home, entries))
+    items = read_item_lines(home, entries) if include_incoming else None
+    return _Work(writer.new_ingest_id(), entries, fresh, lines, read_erasure(home, entries), items=items)
 
 
 def _evaluate_work(home: EngineHome, work: _Work, summary: IngestSummary, settings: EngineSettings,
@@ -136,8 +141,12 @@ def _evaluate_work(home: EngineHome, work: _Work, summary: IngestSummary, settin
     file_interactions = frames.get("interactions", raw(None, "interactions"))
     api_lines = raw(work.lines.frame if work.lines else None, "interactions", ingest_id=work.ingest_id,
                     table=INCOMING)
+    items = frames.get("items", raw(None, "items"))
+    if work.items and work.items.lines:  # after the files: the API's writes are the latest word
+        written = item_rows(work.items, items, store.scan_items(home).collect())
+        items = pl.concat([items, raw(written, "items", ingest_id=work.ingest_id)])
     batch = Batch(
-        items=frames.get("items", raw(None, "items")),
+        items=items,
         users=drop_erased(frames.get("users", raw(None, "users")), work.erasure, work.dropped),
         interactions=drop_erased(pl.concat([file_interactions, api_lines]), work.erasure, work.dropped),
     )
@@ -156,6 +165,8 @@ def _ingest_entry(home: EngineHome, work: _Work, summary: IngestSummary, compact
         sources=[{"table": f.table, "path": str(f.path), "sha256": f.sha256} for f in work.fresh],
         incoming=work.lines.offsets if work.lines else {},
     )
+    if work.items and work.items.offsets:
+        entry[ITEM_LINES] = work.items.offsets
     erasure = work.erasure
     if erasure.users:
         # Before the commit: blanking an erased user's line is right whatever this run becomes.

@@ -89,6 +89,19 @@ class FactorBlend:
     terms: tuple[tuple[float, np.ndarray], ...]
 
 
+@dataclass(frozen=True)
+class ContentView:
+    """How a model scores an item by its facets alone: what it can say about an item it never saw.
+
+    ``facets`` are the trained items' L2-normalised facet rows (:meth:`recsys.catalog.Catalog.feature_matrix`
+    with ``facet_weights``); an item's content score for a user is ``weight`` x the cosine of
+    its facet row with the user's profile (the history-weighted sum of the facet rows)."""
+
+    facets: sp.csr_matrix
+    facet_weights: dict[str, float]
+    weight: float
+
+
 class PopularityScores(Protocol):
     """Popularity, the fallback ranking for a user or region a model cannot personalise."""
 
@@ -165,6 +178,11 @@ class Recommender(ABC):
         """Asked only of a model with a :meth:`factor_view`, for one user (``users`` and
         ``history`` one row, as in :meth:`score`): None (the default) when the score is the
         view's inner products themselves; else how the score blends them with other terms."""
+        return None
+
+    def content_view(self) -> ContentView | None:
+        """How the model scores items by their facets, or None (the default): the model has no
+        content path, and an item added since training stays unscored until it is retrained."""
         return None
 
     def popularity_part(self) -> PopularityScores | None:

@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 
 from recsys.models.als import ALSConfig, ALSModel
 from recsys.models.base import (
+    ContentView,
     FactorBlend,
     FactorView,
     ModelConfig,
@@ -146,6 +147,10 @@ class HybridModel(Recommender):
 
     def popularity_part(self) -> PopularityScores:
         return self.popularity
+
+    def content_view(self) -> ContentView:
+        """The content term of :meth:`score`: an item announced after training reaches users through it."""
+        return ContentView(self.facets, dict(self.config.facet_weights), self.config.content_weight)
 
     def item_similarity(self, item: int) -> np.ndarray | None:
         content = np.asarray((self.facets @ self.facets[item].T).todense()).ravel().astype(np.float32)

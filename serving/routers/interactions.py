@@ -24,7 +24,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, status
 from pydantic import ValidationError
 
-from recsys.catalog import Catalog
 from recsys.contract import InteractionIn, Reason, latest_event_time, rating_in_scale
 from recsys.provenance import SOURCE
 from serving.auth import ApiKey
@@ -66,7 +65,7 @@ def post_interactions(key: InteractionsWriterDep, batch: Annotated[list[Any], Bo
     records: list[dict[str, Any]] = []
     rejected: list[Rejection] = []
     for index, element in enumerate(batch):
-        checked = check_interaction(index, element, served.engine.catalog, settings.timezone, latest,
+        checked = check_interaction(index, element, settings.timezone, latest,
                                     (settings.rating_min, settings.rating_max))
         if isinstance(checked, Rejection):
             rejected.append(checked)
@@ -91,10 +90,13 @@ def post_interactions(key: InteractionsWriterDep, batch: Annotated[list[Any], Bo
         svc.metrics.control_changes.labels("engaged_tag").inc(len(restored))
     except OSError:  # the interactions are stored; the tag comes back with the next such engagement
         log.exception("could not record a restored interest tag")
+    # an item not (yet) in the catalogue: kept, and counted once it arrives (recsys ingest
+    # quarantines the row only if the item never came)
+    pending = sum(1 for row in accepted if row.item_id not in served.engine.catalog.items)
     svc.metrics.interactions.labels("accepted").inc(len(accepted))
     svc.metrics.interactions.labels("rejected").inc(len(rejected))
     svc.metrics.interactions_posted(row.action for row in accepted)
-    return InteractionsAccepted(accepted=len(accepted), rejected=rejected)
+    return InteractionsAccepted(accepted=len(accepted), rejected=rejected, pending=pending)
 
 
 def reserve_quota(svc: Services, key: ApiKey, rows: int) -> None:
@@ -113,7 +115,7 @@ def reserve_quota(svc: Services, key: ApiKey, rows: int) -> None:
                             detail="could not store the interactions; retry later") from exc
 
 
-def check_interaction(index: int, element: Any, catalog: Catalog, timezone: str,
+def check_interaction(index: int, element: Any, timezone: str,
                       latest: datetime | None = None, rating_scale: tuple[float, float] | None = None,
                       ) -> Rejection | tuple[InteractionIn, dict[str, Any]]:
     """The validated row and its segment record, or why it is rejected.
@@ -141,8 +143,6 @@ def check_interaction(index: int, element: Any, catalog: Catalog, timezone: str,
     if rating_scale is not None and row.action == "rate" and not rating_in_scale(row.value, *rating_scale):
         return Rejection(index=index, reason=Reason.RATING_OUT_OF_RANGE,
                          detail=f"rating {row.value} is outside the scale {rating_scale[0]:g}..{rating_scale[1]:g}")
-    if row.item_id not in catalog.items:
-        return Rejection(index=index, reason=Reason.UNKNOWN_ITEM, detail=f"item {row.item_id!r} is not in the catalog")
     record = {"user_id": row.user_id, "item_id": row.item_id, "action": row.action,
               "ts": moment.isoformat(), "value": row.value}
     return row, record
