@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import UTC, datetime
 import warnings
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np

@@ -472,7 +472,7 @@ def _bundle_of(model: Recommender, data: Dataset, options: TrainOptions, metrics
         "trained_at": datetime.now(UTC).isoformat(), "data_start": str(data.data_start),
         "data_end": str(data.data_end), "test_cutoff": split.cutoff.isoformat(),
         "config_hash": cfg.config_hash(), "metrics": {k: metrics.get(k) for k in KEY_METRICS},
-        "evaluation_metrics": _mlflow_safe(metrics),
+        "evaluation_metrics": {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)},
         "gate": {"tolerance": options.tolerance, "rural_floor": options.rural_floor},
     }
     model_card.merge_pool_file(data.full.catalog, cfg.engine.controls)
