@@ -19,7 +19,10 @@ Used by the API and by batch ``recsys recommend`` alike, so the rules hold every
   ``not_personalized``); removed interest tags leave the history that drives the scores and
   the list (:mod:`recsys.profile`); ``not_interested`` items never return and their nearest
   items are demoted for a while (:mod:`recsys.feedback`); ``senior_mode`` (:mod:`recsys.senior`);
-- editorial slots filled from the operators' pool (:mod:`recsys.editorial`).
+- editorial slots filled from the operators' pool (:mod:`recsys.editorial`);
+- exposure floors (:mod:`recsys.exposure`): with bonuses calibrated at training in the bundle,
+  every path of a user's list and the batch lists rank their candidates (at least the floors'
+  ``depth``) by normalised score plus the bonuses of the items' groups, as training measured.
 
 Two paths, one result. A known user without live interactions is served from the
 bundle's precomputed candidates (:mod:`recsys.candidates`) when it has them: drop the
@@ -39,7 +42,7 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from recsys import audience, editorial, feedback, senior
+from recsys import audience, editorial, exposure, feedback, senior
 from recsys.ann import approximate_top_n
 from recsys.bundle import ModelBundle
 from recsys.candidates import NOT_ANCHORED, Candidates
@@ -82,6 +85,8 @@ class DeliveryEngine:
         """The editorial pool (item indices)."""
         self._restricted: dict[str | None, np.ndarray | None] = {}
         self._facets: sp.csr_matrix | None = None
+        self.floors = exposure.served_floors(bundle.settings.exposure, bundle.manifest, bundle.catalog, bundle.users)
+        """The exposure floors' groups and calibrated bonuses (None: the model has none)."""
 
     def use_candidates(self, candidates: Candidates) -> None:
         """Serve known users from ``candidates`` from now on (computed after the engine was built)."""
@@ -290,12 +295,12 @@ class DeliveryEngine:
                          filters: Filters, diversity: float) -> RecommendationList:
         """The full path through the approximate index: the model scores only the index's
         candidates (:func:`recsys.ann.approximate_top_n`); diversity, top-up and reasons as there."""
-        needed = n * CANDIDATE_FACTOR if diversity > 0 else n
+        needed = self._pool_size(n, diversity)
         best, values = approximate_top_n(self.model, self.ann, np.array([model_row]), self.confidence(weights),
                                          allowed, needed)
         filled = best[0] >= 0
         pool, pool_scores = best[0][filled], values[0][filled]
-        picked = mmr(np.arange(len(pool)), pool_scores, self.catalog.category[pool], n, diversity)
+        picked = self._choose(pool, pool_scores, n, diversity)
         chosen, chosen_scores = pool[picked], pool_scores[picked]
         if len(chosen) < n:  # fewer scorable items than asked for: top up with popularity, as the full path
             rest = allowed.copy()
@@ -316,7 +321,7 @@ class DeliveryEngine:
         keep = self._allowed_among(items, filters)
         if restricted is not None:
             keep &= ~restricted[items]
-        needed = n * CANDIDATE_FACTOR if diversity > 0 else n
+        needed = self._pool_size(n, diversity)
         survivors = int(np.count_nonzero(keep))
         # too few: the full path's top ``needed`` may hold items beyond the list, unless the
         # list holds every item there is (then only a popularity top-up, on the full path, differs)
@@ -325,7 +330,7 @@ class DeliveryEngine:
         kept = np.flatnonzero(keep)[:needed]
         pool, pool_scores = items[kept], scores[kept]
         # MMR over positions in the pool: it reads only the candidates' scores and categories
-        picked = mmr(np.arange(len(pool)), pool_scores, self.catalog.category[pool], n, diversity)
+        picked = self._choose(pool, pool_scores, n, diversity)
         chosen = pool[picked]
         weights = self.bundle.weights
         start, end = weights.indptr[index], weights.indptr[index + 1]
@@ -387,10 +392,36 @@ class DeliveryEngine:
         return RecommendationList(self._items(chosen, scores, reasons), fallback=label)
 
     def _select(self, scores: np.ndarray, n: int, allowed: np.ndarray, diversity: float) -> np.ndarray:
-        candidates = top_k(scores, n * CANDIDATE_FACTOR if diversity > 0 else n, allowed)
+        candidates = top_k(scores, self._pool_size(n, diversity), allowed)
         if diversity >= SPREAD_AT:
             candidates = with_category_bests(candidates, scores, allowed, self.catalog.category, n)
-        return mmr(candidates, scores, self.catalog.category, n, diversity)
+        return candidates[self._choose(candidates, scores[candidates], n, diversity)]
+
+    def _pool_size(self, n: int, diversity: float) -> int:
+        """Candidates a list chooses its ``n`` from: room for MMR, and the floors' depth, which their
+        bonuses were calibrated at."""
+        size = n * CANDIDATE_FACTOR if diversity > 0 else n
+        return max(size, self.bundle.settings.exposure.depth) if self.floors is not None else size
+
+    def _choose(self, pool: np.ndarray, pool_scores: np.ndarray, n: int, diversity: float) -> np.ndarray:
+        """Positions in ``pool`` (best first, scores aligned) of the list: the exposure floors'
+        bonuses, when the model has them, then MMR. The one ranking step of every path."""
+        order = np.arange(len(pool))
+        values = pool_scores
+        if self.floors is not None and len(pool):
+            values = exposure.reorder(pool, pool_scores, self.floors)
+            order = np.argsort(-values, kind="stable")
+        return mmr(order, values, self.catalog.category[pool], n, diversity)
+
+    def floored_rows(self, rows: np.ndarray, n: int, at: float) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`top_n_for_rows` lists as served: with exposure floors, each user's ``depth`` best
+        re-ranked by the calibrated bonuses (scores stay the model's)."""
+        if self.floors is None:
+            return self.top_n_for_rows(rows, n, at)
+        items, values = self.top_n_for_rows(rows, max(n, self.bundle.settings.exposure.depth), at)
+        adjusted = exposure.normalised(values, items) + exposure.lift(items, self.floors)
+        order = np.argsort(-adjusted, axis=1, kind="stable")[:, :n]
+        return np.take_along_axis(items, order, axis=1), np.take_along_axis(values, order, axis=1)
 
     def _items(self, chosen: np.ndarray, scores: np.ndarray, reasons: list[str]) -> list[Recommended]:
         return self._listed(chosen, scores[chosen], reasons)

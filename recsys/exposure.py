@@ -17,8 +17,10 @@ Lagrange multipliers of "maximise the summed normalised score of the shown items
 to each group's share of the slots": :func:`calibrate` finds, over a sample of the traffic,
 the smallest bonuses that meet every floor, so a floor is met where it costs least (users
 whose group candidates score nearly as well as their others) rather than by a quota in
-every list. Serving applies the calibrated bonuses per request; a floor the candidates
-cannot meet (too few group items near the top) stays as close as the bonus cap allows.
+every list. Serving applies the calibrated bonuses per request (:func:`served_floors`,
+:func:`reorder`: the delivery engine's one ranking step for every path of a user's list and
+for batch lists); a floor the candidates cannot meet (too few group items near the top) stays
+as close as the bonus cap allows.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +43,8 @@ MAX_BONUS = 2.0
 SEARCH_STEPS = 24
 ROUNDS = 4
 """Rounds of per-group searches: raising one group's bonus can push another group's items down."""
+MANIFEST_KEY = "exposure"
+"""Where a bundle's manifest keeps the calibrated bonuses (``{"bonus": {group: value}, ...}``)."""
 
 
 class ExposureGroup(BaseModel):
@@ -221,3 +225,23 @@ def _smallest_bonus(items: np.ndarray, scores: np.ndarray, floors: Floors, bonus
         else:
             low = middle
     return high
+
+
+def served_floors(settings: ExposureSettings, manifest: Mapping[str, Any], catalog: Catalog,
+                  users: UserTable) -> Floors | None:
+    """The floors a served model applies: its configured groups with the bonuses calibrated at
+    training (the manifest's :data:`MANIFEST_KEY`); None when it has no floors or no bonus lifts anything."""
+    calibrated = manifest.get(MANIFEST_KEY) or {}
+    bonus = calibrated.get("bonus") if isinstance(calibrated, Mapping) else None
+    if not settings.enabled or not bonus:
+        return None
+    floors = Floors.of(settings, catalog, users, bonus)
+    return floors if bool((floors.bonus > 0).any()) else None
+
+
+def reorder(pool: np.ndarray, scores: np.ndarray, floors: Floors) -> np.ndarray:
+    """One user's candidate ``pool`` (item indices) scored as :func:`rerank` ranks it: the scores
+    normalised within the pool plus the bonuses of each item's groups (aligned with ``pool``)."""
+    items = np.asarray(pool, dtype=np.int64)[None, :]
+    adjusted = normalised(np.asarray(scores, dtype=np.float64)[None, :], items) + lift(items, floors)
+    return np.asarray(adjusted[0], dtype=np.float64)

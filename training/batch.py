@@ -73,7 +73,7 @@ def recommend_batch(bundle: ModelBundle, user_ids: Sequence[str] | None, n: int,
     known_ids = np.asarray(ids, dtype=object)[known]
     batch = 4096
     for start in range(0, len(known_rows), batch):
-        items, scores = engine.top_n_for_rows(known_rows[start:start + batch], n, at)
+        items, scores = engine.floored_rows(known_rows[start:start + batch], n, at)  # exposure floors
         items, scores = engine.with_editorial_rows(known_rows[start:start + batch], items, scores, at)
         frames.append(_frame(known_ids[start:start + batch], items, scores, bundle))
         if progress:

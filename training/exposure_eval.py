@@ -18,12 +18,12 @@ import scipy.sparse as sp
 
 from recsys import metrics
 from recsys.delivery import DeliveryEngine
-from recsys.exposure import ExposureSettings, Floors, calibrate, rerank, shares
+from recsys.exposure import MANIFEST_KEY, ExposureSettings, Floors, calibrate, rerank, shares
 
 log = logging.getLogger(__name__)
 
 SLOTS = 10
-MANIFEST_KEY = "exposure"
+__all__ = ["MANIFEST_KEY", "calibrated_manifest", "floor_metrics", "floor_misses"]
 
 
 def floor_metrics(engine: DeliveryEngine, rows: np.ndarray, truth: sp.csr_matrix, at: float,
