@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -32,6 +32,7 @@ import scipy.sparse as sp
 from features import store
 from features.events import clean_events, dismissals, positive_events, weighted_pairs
 from features.poisoning import without_flagged
+from features.repeats import returning_pairs
 from features.splits import (
     MIN_EVAL_USERS,
     MIN_TRAIN_USERS,
@@ -71,6 +72,8 @@ class Dataset:
     """What the split is, in a sentence for the CLI and the run's tags."""
     dismissed: sp.csr_matrix | None = None
     """Users x items: each user's latest ``not_interested`` on an item (epoch seconds), for the artifact."""
+    returns: sp.csr_matrix | None = None
+    """Users x items: when each pair that may be listed again returns (recsys.repeats), for the artifact."""
 
 
 def load_dataset(home: EngineHome, settings: EngineSettings, *, test_days: float | None = 7,
@@ -127,6 +130,7 @@ def build_dataset(frames: StoreFrames, settings: EngineSettings, *, test_days: f
         "items": frames.items.join(item_axis, on="item_id").sort("i"),
         "users": user_axis.join(frames.users, on="user_id", how="left").sort("u"),
         "full": axes.indexed(weighted_pairs(events, settings, end)),
+        "returns": axes.indexed(returning_pairs(events, settings)),
         "dismissed": _dismissed_plan(frames, axes, now or datetime.now(UTC)),
     }
     if use_time:
@@ -141,7 +145,8 @@ def build_dataset(frames: StoreFrames, settings: EngineSettings, *, test_days: f
     shape = (len(users), len(catalog))
     full = _training_data(collected["full"], shape, catalog, users, settings, seed)
     dataset = Dataset(full=full, split=None, data_start=start, data_end=end, n_events=int(n_events),
-                      protocol="none", note="no split", dismissed=_seconds_csr(collected["dismissed"], shape))
+                      protocol="none", note="no split", dismissed=_seconds_csr(collected["dismissed"], shape),
+                      returns=_seconds_csr(collected["returns"], shape))
     if use_time:
         _time_splits(dataset, collected, windows, shape, settings, seed, truth_kind)
     elif windows:
@@ -211,9 +216,11 @@ def _window_truth(events: pl.LazyFrame, train_pairs: pl.LazyFrame, cutoff: datet
 
 def _window_plans(name: str, events: pl.LazyFrame, settings: EngineSettings, cutoff: datetime, until: datetime,
                   kind: TruthKind, axes: _Axes) -> dict[str, pl.LazyFrame]:
-    train_pairs = weighted_pairs(events.filter(pl.col("ts") < cutoff), settings, cutoff)
+    before = events.filter(pl.col("ts") < cutoff)
+    train_pairs = weighted_pairs(before, settings, cutoff)
     truth = _window_truth(events, train_pairs, cutoff, until, kind)
-    return {name: axes.indexed(train_pairs), f"{name}_truth": axes.indexed(truth.with_columns(weight=pl.lit(1.0)))}
+    return {name: axes.indexed(train_pairs), f"{name}_truth": axes.indexed(truth.with_columns(weight=pl.lit(1.0))),
+            f"{name}_returns": axes.indexed(returning_pairs(before, settings))}
 
 
 def _windows_usable(events: pl.LazyFrame, windows: dict[str, tuple[datetime, datetime]], kind: TruthKind,
@@ -236,7 +243,8 @@ def _time_splits(dataset: Dataset, collected: dict[str, pl.DataFrame], windows: 
     for name, (cutoff, _) in windows.items():
         train = _training_data(collected[name], shape, full.catalog, full.users, settings, seed)
         truth = _csr(collected[f"{name}_truth"], shape)
-        splits[name] = Split(train=train, truth=truth, cutoff=cutoff, cold_items=~train.known_items)
+        splits[name] = Split(train=train, truth=truth, cutoff=cutoff, cold_items=~train.known_items,
+                             returns=_seconds_csr(collected[f"{name}_returns"], shape))
         log.info("split at %s: %d train pairs, %d truth pairs", cutoff, train.matrix.nnz, truth.nnz)
     dataset.split, dataset.validation = splits["train"], splits.get("inner")
     dataset.protocol = "time"
@@ -279,7 +287,10 @@ def _holdout_splits(dataset: Dataset, pairs: pl.DataFrame, settings: EngineSetti
             f"{'positive outcomes' if kind == 'positive' else 'interactions'}; training needs at least "
             f"{MIN_TRAIN_USERS} such users (add data)")
     assert dataset.data_end is not None
-    dataset.split, dataset.validation = holdout_splits(full, truth, draw, settings, dataset.data_end)
+    test, inner = holdout_splits(full, truth, draw, settings, dataset.data_end)
+    # one time for all (or per-user draws): the pairs' return times are the whole store's
+    dataset.split = replace(test, returns=dataset.returns)
+    dataset.validation = None if inner is None else replace(inner, returns=dataset.returns)
     dataset.protocol = "holdout"
     one_time = dataset.data_start == dataset.data_end
     reason = ("every interaction has the same time" if one_time

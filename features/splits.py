@@ -61,6 +61,8 @@ class Split:
     """The time the lists are made for (the availability rules apply at this moment)."""
     cold_items: np.ndarray
     """Items with no training interaction."""
+    returns: sp.csr_matrix | None = None
+    """When each training pair that may be listed again returns (recsys.repeats); None: never."""
 
     @property
     def eval_users(self) -> int:
@@ -154,4 +156,4 @@ def with_confidence(data: TrainingData, settings: EngineSettings) -> TrainingDat
 def split_with_confidence(split: Split, settings: EngineSettings) -> Split:
     """:func:`with_confidence` applied to a split's training part."""
     return Split(train=with_confidence(split.train, settings), truth=split.truth, cutoff=split.cutoff,
-                 cold_items=split.cold_items)
+                 cold_items=split.cold_items, returns=split.returns)

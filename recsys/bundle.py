@@ -12,6 +12,8 @@
     ann.json        factors, built for large catalogs (recsys.ann); without it, exact scoring
     dismissed.npz   optional: user x item, when each user last said ``not_interested`` to the
                     item (epoch seconds; recsys.feedback)
+    returns.npz     optional: user x item, when each pair that may be listed again returns
+                    (epoch seconds; recsys.repeats); without it nothing engaged with returns
 
 No pickle anywhere: npz loads with ``allow_pickle=False`` and JSON. Loading validates
 shapes and the format version, so a truncated or foreign artifact is refused with a
@@ -35,6 +37,7 @@ from recsys.candidates import FILE_NAME as CANDIDATES_FILE
 from recsys.candidates import Candidates
 from recsys.catalog import Catalog
 from recsys.models.base import Recommender, csr_arrays, csr_from
+from recsys.repeats import RETURNS_FILE
 from recsys.settings import EngineSettings
 from recsys.users import UserTable
 
@@ -64,6 +67,8 @@ class ModelBundle:
     """The approximate index over the model's item factors, if the catalog was large enough."""
     dismissed: sp.csr_matrix | None = None
     """Users x items: the time of each user's latest ``not_interested`` on an item (recsys.feedback)."""
+    returns: sp.csr_matrix | None = None
+    """Users x items: when each pair that may be listed again returns, epoch seconds (recsys.repeats)."""
 
     def __post_init__(self) -> None:
         expected = (len(self.users), len(self.catalog))
@@ -71,6 +76,8 @@ class ModelBundle:
             raise BundleError(f"weights shape {self.weights.shape} does not match users x items {expected}")
         if self.dismissed is not None and self.dismissed.shape != expected:
             raise BundleError(f"dismissals shape {self.dismissed.shape} does not match users x items {expected}")
+        if self.returns is not None and self.returns.shape != expected:
+            raise BundleError(f"returns shape {self.returns.shape} does not match users x items {expected}")
         if self.candidates is not None:
             try:
                 self.candidates.check(np.diff(self.weights.indptr), len(self.catalog))
@@ -91,6 +98,9 @@ class ModelBundle:
         if self.dismissed is not None:
             dismissed: dict[str, Any] = csr_arrays("dismissed", self.dismissed)
             np.savez_compressed(directory / DISMISSED_FILE, **dismissed)
+        if self.returns is not None:
+            returns: dict[str, Any] = csr_arrays("returns", self.returns)
+            np.savez_compressed(directory / RETURNS_FILE, **returns)
         manifest = {
             **self.manifest,
             "format_version": FORMAT_VERSION,
@@ -122,13 +132,14 @@ class ModelBundle:
             candidates = Candidates.load(candidates_path) if candidates_path.is_file() else None
             ann = load_for(model, directory)
             dismissed = _optional_csr(directory / DISMISSED_FILE, "dismissed")
+            returns = _optional_csr(directory / RETURNS_FILE, "returns")
         except BundleError:
             raise
         except Exception as exc:  # any corruption: missing file, bad zip, bad JSON, wrong keys
             raise BundleError(f"cannot load model artifact at {directory}: {exc}") from exc
         if (manifest.get("n_users"), manifest.get("n_items")) != (len(users), len(catalog)):
             raise BundleError(f"artifact at {directory} is inconsistent with its manifest")
-        bundle = cls(model, catalog, users, weights, settings, manifest, candidates, ann, dismissed)
+        bundle = cls(model, catalog, users, weights, settings, manifest, candidates, ann, dismissed, returns)
         bundle.smoke_test()
         return bundle
 

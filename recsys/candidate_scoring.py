@@ -50,6 +50,7 @@ from recsys.candidates import NOT_ANCHORED, Candidates
 from recsys.confidence import to_confidence
 from recsys.ranking import top_k_rows
 from recsys.reasons import NO_ANCHOR, anchor_codes
+from recsys.repeats import NEVER, kept_out_rows
 from recsys.threads import single_threaded_blas
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,8 @@ def _score_rows(bundle: ModelBundle, rows: np.ndarray, k: int) -> Scored:
     history = bundle.weights[rows]
     scores = _writable(bundle.model.score(rows, _confidence(bundle, history)))
     scores[:, bundle.catalog.hidden] = -np.inf
-    scores[np.repeat(np.arange(len(rows)), np.diff(history.indptr)), history.indices] = -np.inf
+    never = _never_shown(bundle, rows, history)
+    scores[np.repeat(np.arange(len(rows)), np.diff(never.indptr)), never.indices] = -np.inf
     best = top_k_rows(scores, k)
     filled = best >= 0
     values = np.where(filled, np.take_along_axis(scores, np.where(filled, best, 0), axis=1), np.nan)
@@ -193,6 +195,12 @@ def _anchor_rows(bundle: ModelBundle, best: np.ndarray, lengths: np.ndarray, his
         anchors[position, :anchored] = anchor_codes(bundle.model, best[position, :anchored], history.indices[start:end])
         anchors[position, anchored:length] = NOT_ANCHORED
     return anchors
+
+
+def _never_shown(bundle: ModelBundle, rows: np.ndarray, history: sp.csr_matrix) -> sp.csr_matrix:
+    """The pairs of ``rows`` (histories ``history``) no list ever shows: all of the history but
+    what may return (:mod:`recsys.repeats`), which a request drops until its time comes."""
+    return kept_out_rows(history, bundle.returns[rows] if bundle.returns is not None else None, NEVER)
 
 
 def _writable(scores: np.ndarray) -> np.ndarray:
@@ -232,7 +240,8 @@ def _score_rows_through_index(bundle: ModelBundle, rows: np.ndarray, k: int) -> 
     settings = bundle.settings
     history = bundle.weights[rows]
     best, values = approximate_top_n(bundle.model, bundle.ann, rows, to_confidence(
-        history, settings.confidence, settings.alpha), ~bundle.catalog.hidden, k, exclude=history)
+        history, settings.confidence, settings.alpha), ~bundle.catalog.hidden, k,
+        exclude=_never_shown(bundle, rows, history))
     filled = best >= 0
     lengths = filled.sum(axis=1).astype(np.int32)
     anchors = _anchor_rows(bundle, best, lengths, history)

@@ -90,6 +90,15 @@ class ControlSettings(BaseModel):
         return sorted(set(slots))
 
 
+def _check_per_action(name: str, values: dict[str, float]) -> None:
+    """A per-action table names only contract actions, with values >= 0 (nan refused too)."""
+    unknown = sorted(set(values) - set(ACTIONS))
+    if unknown:
+        raise ValueError(f"unknown actions in {name}: {unknown}")
+    if any(not v >= 0 for v in values.values()):
+        raise ValueError(f"{name} must be >= 0")
+
+
 class EngineSettings(BaseSettings):
     """How raw interactions become confidence, shared by training, serving and reports."""
 
@@ -107,6 +116,10 @@ class EngineSettings(BaseSettings):
     # Wide on purpose: any common public scale (0.5-5 stars, 1-5, 1-10, -10..10) fits inside.
     rating_min: float = Field(-10.0, description="lowest `rate` value accepted (else rating_out_of_range)")
     rating_max: float = Field(10.0, description="highest `rate` value accepted (else rating_out_of_range)")
+    repeat_after_days: dict[str, float] = Field(
+        default_factory=dict, description="actions after which an item may be listed again for the resident, and "
+                                          "after how many days (e.g. view = 30, click = 30); an item the resident did "
+                                          "any other action with never returns (recsys.repeats); empty: none")
     ann: AnnSettings = Field(default_factory=AnnSettings)
     controls: ControlSettings = Field(default_factory=ControlSettings)
     exposure: ExposureSettings = Field(default_factory=ExposureSettings)
@@ -115,14 +128,16 @@ class EngineSettings(BaseSettings):
     @field_validator("action_weights")
     @classmethod
     def _known_actions(cls, weights: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(weights) - set(ACTIONS))
-        if unknown:
-            raise ValueError(f"unknown actions in action_weights: {unknown}")
-        if any(w < 0 for w in weights.values()):
-            raise ValueError("action weights must be >= 0")
+        _check_per_action("action_weights", weights)
         merged = dict(DEFAULT_ACTION_WEIGHTS)
         merged.update(weights)
         return merged
+
+    @field_validator("repeat_after_days")
+    @classmethod
+    def _returning_actions(cls, days: dict[str, float]) -> dict[str, float]:
+        _check_per_action("repeat_after_days", days)
+        return days
 
     @model_validator(mode="after")
     def _rating_scale(self) -> EngineSettings:

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from recsys.contract import MAX_ID_LENGTH
+from recsys.ranking import DEFAULT_DIVERSITY
 from serving.deps import At, Count, Lat, Lon, Radius
 from serving.paging import MAX_CURSOR_LENGTH
 
@@ -97,8 +98,8 @@ class UserListQuery(ListQuery):
         max_length=64, description="the user's district, for the region fallback of an unknown user",
     )] = None
     diversity: Annotated[float, Query(
-        ge=0, le=1, description="0 = pure score order, 1 = take categories in turn (from 0.5 up the list "
-                                "draws on every category's best items)")] = 0.2
+        ge=0, le=1, description="0 = pure score order; from 0.5 up the list takes categories in turn, drawing "
+                                "on every category's best items")] = DEFAULT_DIVERSITY
 
 
 class RegionListQuery(ListQuery):

@@ -104,7 +104,7 @@ FAST_PATH_TAKEN: list[bool] = []
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(user=st.integers(0, 301), hours=st.floats(-5 * 24, 5 * 24), n=st.integers(1, 12),
-       diversity=st.sampled_from([0.0, 0.2, 0.5, 1.0]), kind=st.sampled_from([None, None, "event", "digital"]),
+       diversity=st.sampled_from([0.0, 0.1, 0.2, 0.35, 1.0]), kind=st.sampled_from([None, None, "event", "digital"]),
        category=st.sampled_from([None, None, None, "讲座"]),
        place=st.one_of(st.none(), st.none(), st.tuples(st.floats(0.5, 30.0), st.booleans())))
 def test_fast_path_equals_full_scoring(engines, bundle, user, hours, n, diversity, kind, category, place):

@@ -589,7 +589,7 @@ def _reference_mmr(candidates, scores, categories, n, diversity):
     chosen, remaining = [], np.ones(len(candidates), dtype=bool)
     while len(chosen) < min(n, len(candidates)):
         picked = [int(cats[p]) for p in chosen]
-        redundancy = np.array([picked.count(int(c)) if c >= 0 else 0 for c in cats], dtype=float)
+        redundancy = np.sqrt([picked.count(int(c)) if c >= 0 else 0 for c in cats])
         gain = (1.0 - diversity) * relevance - diversity * redundancy
         gain[~remaining] = -np.inf
         pick = int(np.argmax(gain))

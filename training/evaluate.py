@@ -73,12 +73,13 @@ def evaluate(model: Recommender, split: Split, settings: EngineSettings, *, segm
 def evaluation_lists(model: Recommender, split: Split,
                      settings: EngineSettings) -> tuple[DeliveryEngine, np.ndarray, np.ndarray]:
     """The engine, the users with truth and their lists (``max(K_VALUES)`` items) as they would have been
-    served at the cutoff: the delivery rules of every list, the minors rule included."""
+    served at the cutoff: the delivery rules of every list, the minors rule and the repeat policy included."""
     train = split.train
     eval_rows = np.flatnonzero(np.diff(split.truth.indptr) > 0)
     if len(eval_rows) == 0:
         raise ValueError("the test window has no positive events by known users; lower --test-days or add data")
-    engine = DeliveryEngine(ModelBundle(model, train.catalog, train.users, train.weights, settings))
+    engine = DeliveryEngine(ModelBundle(model, train.catalog, train.users, train.weights, settings,
+                                        returns=split.returns))
     recs, _ = engine.top_n_for_rows(eval_rows, max(K_VALUES), at=split.cutoff.timestamp())
     return engine, eval_rows, recs
 

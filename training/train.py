@@ -478,7 +478,7 @@ def _bundle_of(model: Recommender, data: Dataset, options: TrainOptions, metrics
     model_card.merge_pool_file(data.full.catalog, cfg.engine.controls)
     model_card.log_pool(data.full.catalog, cfg.engine.controls)
     bundle = ModelBundle(model, data.full.catalog, data.full.users, data.full.weights, cfg.engine, manifest,
-                         dismissed=data.dismissed)
+                         dismissed=data.dismissed, returns=data.returns)
     if cfg.engine.exposure.enabled and data.data_end is not None:
         manifest[EXPOSURE_KEY] = calibrated_manifest(DeliveryEngine(bundle), data.data_end.timestamp(),
                                                      cfg.engine.exposure, seed=options.seed)

@@ -261,7 +261,8 @@ def _validation_sample(split: Split, seed: int) -> Split:
     keep[np.random.default_rng(seed).choice(rows, MAX_VALIDATION_USERS, replace=False)] = True
     truth = split.truth.multiply(keep[:, None]).tocsr()
     truth.eliminate_zeros()
-    return Split(train=split.train, truth=truth, cutoff=split.cutoff, cold_items=split.cold_items)
+    return Split(train=split.train, truth=truth, cutoff=split.cutoff, cold_items=split.cold_items,
+                 returns=split.returns)
 
 
 class _Runner:
@@ -334,7 +335,7 @@ class _Runner:
         data = self.cache.get(recipe.engine)
         assert data.validation is not None
         split = Split(train=data.validation.train, truth=self.sample_truth, cutoff=data.validation.cutoff,
-                      cold_items=data.validation.cold_items)
+                      cold_items=data.validation.cold_items, returns=data.validation.returns)
         model = models.create(recipe.model, recipe.params).fit(split.train)
         result = evaluate(model, split, recipe.engine, segments=False)
         assert result.per_user is not None
