@@ -20,6 +20,9 @@ and the same with API keys and rate limits on vs off.
    and per-address rate limits on, set high enough that the load never reaches them, so what
    is measured is the cost of checking); the servers alternate ``--rounds`` times, so drift
    in what else the machine runs falls on both. Prints the on/off ratios (target >= 0.9).
+5. ``--compare exposures`` instead compares exposure logging (every served list appended and
+   fsynced by group commit before its answer, :mod:`serving.exposures`) off and on, trust
+   boundary off in both, alternating the same way (target: throughput ratio >= 0.9).
 """
 
 from __future__ import annotations
@@ -323,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=1, help="alternations of the off and on servers")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/recsys-bench-serve"))
     parser.add_argument("--loadgen", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--compare", choices=("trust", "exposures"), default="trust",
+                        help="what the two servers differ in: keys and rate limits, or exposure logging")
     args = parser.parse_args(argv)
     if args.loadgen:  # child mode: run one load and print its figures as JSON
         spec = json.loads(args.loadgen.read_text())
@@ -335,6 +340,9 @@ def main(argv: list[str] | None = None) -> None:
     bundle = build_bundle(args.workdir / f"bundle-{args.users}x{args.items}", args.users, args.items, args.seed)
     write_payload(args.workdir, bundle)
     users = [f"/v1/users/{u}/recommendations?n=10" for u in known_users(bundle, 20_000, args.seed)]
+    if args.compare == "exposures":
+        compare_exposures(args, bundle, users)
+        return
     runs: dict[str, list[dict[str, dict[str, Any]]]] = {"off": [], "on": []}
     for _ in range(args.rounds):  # alternating, so the machine's drift falls on both
         for name, guard, headers in (("off", GUARD_OFF, None), ("on", GUARD_ON, {API_KEY_HEADER: BENCH_KEY})):
@@ -342,6 +350,23 @@ def main(argv: list[str] | None = None) -> None:
     report(mean_figures(runs["off"]), args, "trust boundary off (no keys, no rate limits)")
     report(mean_figures(runs["on"]), args, "trust boundary on (read key sent, per-key and per-address limits on)")
     compare(mean_figures(runs["off"]), mean_figures(runs["on"]))
+
+
+def compare_exposures(args: argparse.Namespace, bundle: Path, users: list[str]) -> None:
+    """Exposure logging off and on, alternating ``--rounds`` times on the same machine."""
+    runs: dict[str, list[dict[str, dict[str, Any]]]] = {"off": [], "on": []}
+    for _ in range(args.rounds):
+        for name in ("off", "on"):
+            logging_env = {**GUARD_OFF, "RECSYS_EXPOSURE_LOG": "true" if name == "on" else "false"}
+            runs[name].append(measure(args, bundle, users, logging_env, None))
+    off, on = mean_figures(runs["off"]), mean_figures(runs["on"])
+    report(off, args, "exposure logging off")
+    report(on, args, "exposure logging on (group-committed fsync before each answer)")
+    a, b = off["recommendations"], on["recommendations"]
+    sys.stdout.write(f"exposure logging on / off: throughput {b['rps']:.0f} / {a['rps']:.0f} req/s = "
+                     f"{b['rps'] / a['rps']:.3f}, p99 {b['p99_ms']:.2f} / {a['p99_ms']:.2f} ms, server CPU per "
+                     f"request {b['server_cpu_ms']:.3f} / {a['server_cpu_ms']:.3f} ms (target: throughput ratio "
+                     f">= 0.9)\n")
 
 
 def measure(args: argparse.Namespace, bundle: Path, users: list[str], guard: dict[str, str],

@@ -90,6 +90,21 @@ class EngineHome:
         return self.store / "requests_incoming"
 
     @property
+    def exposure_lines(self) -> Path:
+        """Durable JSON-lines segments of served lists (exposures), one per server process."""
+        return self.store / "exposures_incoming"
+
+    @property
+    def exposures(self) -> Path:
+        """Served lists folded in by ingest, ``date=YYYY-MM-DD/`` Parquet partitions."""
+        return self.store / "exposures"
+
+    @property
+    def experiment(self) -> Path:
+        """The A/B test every server process follows (:mod:`recsys.experiment`)."""
+        return self.root / "serving" / "experiment.json"
+
+    @property
     def lock(self) -> Path:
         return self.store / ".writer.lock"
 

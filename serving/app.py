@@ -35,6 +35,7 @@ from serving.cache import LastKnownGood
 from serving.config import ServingSettings
 from serving.deps import Services
 from serving.docs import install_docs
+from serving.exposures import ExposureLog
 from serving.follower import PeerFollower
 from serving.live import LiveInteractions
 from serving.live_items import LiveItems
@@ -121,6 +122,7 @@ def build_services(settings: ServingSettings) -> Services:
         keys=KeyRing.from_settings(_secret(settings.admin_key), _secret(settings.api_keys), settings.api_keys_file),
         quota=DailyQuota(home.serving_cache.parent / "quota", settings.daily_rows_per_key),
         controls=user_controls,
+        exposures=ExposureLog(home.exposure_lines, enabled=settings.exposure_log),
         items=items,
     )
 
@@ -182,6 +184,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await peers.stop()
         await services.items.stop()
         services.segments.close()
+        services.exposures.close()
         blas.restore_original_limits()
 
 

@@ -135,6 +135,10 @@ class ServingSettings(BaseSettings):
                     "candidates the server computes in the background, ~1.5 ms of CPU each; the others keep "
                     "full scoring. 0 = never compute",
     )
+    exposure_log: bool = Field(
+        True, description="record every served list (an exposure line, fsynced by group commit before the "
+                          "answer) in store/exposures_incoming/ for online metrics and A/B tests",
+    )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="largest request body accepted (bytes)")
     cors_origins: str = Field(
         "", description="web origins allowed to call the API from a browser (CORS), comma-separated, e.g. "

@@ -19,6 +19,7 @@ from recsys.controls import ControlsLog
 from serving.auth import KEY_FIELD, ApiKey, KeyRing, Scope, authorize
 from serving.config import ServingSettings
 from serving.erasure import ErasedUsers
+from serving.exposures import ExposureLog
 from serving.live import LiveInteractions
 from serving.live_items import LiveItems
 from serving.metrics import Metrics
@@ -46,6 +47,8 @@ class Services:
     quota: DailyQuota
     controls: ControlsLog
     """The residents' own choices (:mod:`serving.user_controls`)."""
+    exposures: ExposureLog
+    """Every served list on record (:mod:`serving.exposures`)."""
     items: LiveItems
     """The catalogue written through the API, and full events (:mod:`serving.live_items`)."""
 

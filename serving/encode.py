@@ -25,12 +25,14 @@ from fastapi import Response
 from recsys.catalog import Catalog
 from recsys.delivery import DeliveryEngine
 from recsys.query import Filters, RecommendationList
+from serving.exposures import ListName
 from serving.schemas import RecommendedItem
 
 
 def list_fields(version: str, engine: DeliveryEngine, result: RecommendationList, filters: Filters,
-                next_cursor: str | None = None) -> dict[str, Any]:
-    """``model_version``, ``generated_at``, ``fallback``, ``items`` and ``next_cursor`` of a list answer."""
+                next_cursor: str | None = None, name: ListName | None = None) -> dict[str, Any]:
+    """``model_version``, ``generated_at``, ``fallback``, ``items``, ``next_cursor``, ``recommendation_id``
+    and ``variant`` of a list answer."""
     catalog = engine.catalog
     render = _render_fields(engine)
     distances = _distances(catalog, result, filters)
@@ -42,8 +44,9 @@ def list_fields(version: str, engine: DeliveryEngine, result: RecommendationList
         )
         for r, distance in zip(result.items, distances, strict=True)
     ]
+    named = {"recommendation_id": name.recommendation_id, "variant": name.variant} if name is not None else {}
     return {"model_version": version, "generated_at": _now(), "fallback": result.fallback, "items": items,
-            "next_cursor": next_cursor}
+            "next_cursor": next_cursor, **named}
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
@@ -96,7 +99,7 @@ _RENDER: WeakKeyDictionary[Catalog, RenderFields] = WeakKeyDictionary()
 
 
 def user_list_json(version: str, engine: DeliveryEngine, result: RecommendationList, user_id: str,
-                   filters: Filters, next_cursor: str | None = None) -> Response:
+                   filters: Filters, next_cursor: str | None = None, name: ListName | None = None) -> Response:
     """A :class:`UserRecommendations` body, byte for byte what :data:`_ENCODER` makes of it."""
     render = _render_fields(engine)
     distances = _distances(engine.catalog, result, filters)
@@ -108,8 +111,10 @@ def user_list_json(version: str, engine: DeliveryEngine, result: RecommendationL
     )
     fallback = "null" if result.fallback is None else _string(result.fallback)
     cursor = "null" if next_cursor is None else _string(next_cursor)
+    name = name or ListName("", "champion")
     body = (f'{{"model_version":{_string(version)},"generated_at":"{_now()}","fallback":{fallback},'
-            f'"items":[{items}],"next_cursor":{cursor},"user_id":{_string(user_id)}}}')
+            f'"items":[{items}],"next_cursor":{cursor},"recommendation_id":{_string(name.recommendation_id)},'
+            f'"variant":{_string(name.variant)},"user_id":{_string(user_id)}}}')
     return Response(body.encode("utf-8"), media_type="application/json")
 
 

@@ -23,6 +23,8 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.variant_metrics import VariantCounters
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UNMATCHED = "unmatched"
 
@@ -54,6 +56,7 @@ class Metrics:
                                    ["endpoint"], registry=r)
         self.posted = Counter("recsys_interactions_posted", "Accepted posted interactions by action", ["action"],
                               registry=r)
+        self.variants = VariantCounters(r)
         self._trained_at = math.nan
         self._data_end = math.nan
         self._live_items: Callable[[], float] = lambda: math.nan

@@ -48,6 +48,10 @@ class _ListBody(BaseModel):
     items: list[RecommendedItem]
     next_cursor: str | None = Field(None, description="pass as cursor for the next page of this list; null when "
                                                       "the list ends (a short page, or its bound of 200 items)")
+    recommendation_id: str = Field("", description="opaque id of this served list: send it (with the item's "
+                                                   "position) with the interactions it leads to")
+    variant: str = Field("champion", description="which model of an A/B test served the list: champion or "
+                                                 "challenger")
 
 
 _ITEM_EXAMPLE = {"item_id": "op000123", "title": "《锁麟囊》全本", "kind": "opera", "category": "戏曲",

@@ -31,6 +31,7 @@ from features.ingest.erasure import (
     segment_spans,
 )
 from features.ingest.evaluate import Batch, Outcome, evaluate
+from features.ingest.exposures import ingest_exposures
 from features.ingest.files import ProviderFile, ingested_hashes, open_files
 from features.ingest.item_lines import LOG_KEY as ITEM_LINES
 from features.ingest.item_lines import ItemLines, item_rows, read_item_lines
@@ -83,6 +84,7 @@ def ingest(
         request_counts = ingest_requests(home, request_rows, work.erasure.users, settings.timezone)
         if request_counts is not None:
             summary.tables[REQUESTS] = request_counts
+        ingest_exposures(home, work.erasure.users)  # served lists: store/exposures/date=*/
         if work.is_empty:
             summary.removed_segments = prune_segments(home, work.entries, keep_incoming_days)
             return summary

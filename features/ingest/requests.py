@@ -16,9 +16,7 @@ two re-reads lines whose ids are already stored, which de-duplication absorbs.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,10 +25,10 @@ import polars as pl
 from pydantic import ValidationError
 
 from features.ingest.erasure import blank_erased_lines
+from features.ingest.line_offsets import read_offsets, replace_parquet, write_offsets
 from features.ingest.summary import TableCounts
 from recsys import appendlog
 from recsys.contract import ContractError, parse_timestamp
-from recsys.durable import fsync_dir
 from recsys.home import EngineHome
 from recsys.requests import REQUEST_COLUMNS, Request, RequestIn, is_duplicate, parse_request
 
@@ -92,7 +90,7 @@ def ingest_requests(home: EngineHome, file_rows: list[dict[str, Any]], erased: f
 
     Returns the counts, or None when there was nothing to do.
     """
-    offsets = _read_offsets(home)
+    offsets = read_offsets(offsets_path(home))
     line_rows, new_offsets = _new_lines(home, offsets)
     rows = [*file_rows, *line_rows]
     stored = stored_requests(home)
@@ -121,7 +119,7 @@ def ingest_requests(home: EngineHome, file_rows: list[dict[str, Any]], erased: f
     _write_table(home, kept)
     if rejected:
         _append_rejected(home, rejected)
-    _write_offsets(home, new_offsets)
+    write_offsets(offsets_path(home), new_offsets)
     if erased:
         spans = {name: (0, end) for name, end in new_offsets.items()}
         blank_erased_lines(home, spans, erased, directory=home.request_lines)
@@ -168,42 +166,16 @@ def requests_frame(requests: list[Request]) -> pl.DataFrame:
 
 
 def _write_table(home: EngineHome, requests: list[Request]) -> None:
-    _replace(requests_frame(requests), home.requests)
+    replace_parquet(requests_frame(requests), home.requests)
 
 
 def _append_rejected(home: EngineHome, rows: list[dict[str, Any]]) -> None:
     path = rejected_path(home)
     old = pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=REJECTED_SCHEMA)
-    _replace(pl.concat([old, pl.DataFrame(rows, schema=REJECTED_SCHEMA)]), path)
-
-
-def _replace(frame: pl.DataFrame, target: Path) -> None:
-    """Write ``frame`` next to ``target`` and rename it over: readers see the old table or the new one."""
-    staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    frame.write_parquet(staged)
-    with open(staged, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(staged, target)
-    fsync_dir(target.parent)
+    replace_parquet(pl.concat([old, pl.DataFrame(rows, schema=REJECTED_SCHEMA)]), path)
 
 
 # ---- posted lines ---------------------------------------------------------------------------
-def _read_offsets(home: EngineHome) -> dict[str, int]:
-    try:
-        value = json.loads(offsets_path(home).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {str(k): int(v) for k, v in value.items()} if isinstance(value, dict) else {}
-
-
-def _write_offsets(home: EngineHome, offsets: dict[str, int]) -> None:
-    path = offsets_path(home)
-    staged = path.with_name(f".{path.name}.tmp")
-    staged.write_text(json.dumps(offsets, sort_keys=True), encoding="utf-8")
-    os.replace(staged, path)
-    fsync_dir(path.parent)
-
-
 def _new_lines(home: EngineHome, offsets: dict[str, int]) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rows of the complete lines after each segment's offset, and the offsets after them."""
     rows: list[dict[str, Any]] = []

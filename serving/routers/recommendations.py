@@ -32,6 +32,7 @@ from serving.list_query import RegionListQuery, SimilarListQuery, UserListQuery,
 from serving.request_answers import lift_answers
 from serving.request_book import book_of
 from serving.schemas import RegionRecommendations, SimilarItems, UserRecommendations
+from serving.served_lists import CHAMPION, record_list, record_list_blocking
 
 
 class AnyIdConvertor(PathConvertor):
@@ -69,8 +70,10 @@ async def user_recommendations(user_id: Id, request: Request, _: PersonalReaderD
                              region=query.region)
     result = lift_answers(result, user_id, book_of(request), engine, filters, query.n, svc.settings.lang)
     svc.metrics.listed("users", result.fallback, len(result.items))
+    name = await record_list(svc, "users", served.version, CHAMPION, result, page, query,
+                             user_id=None if user_id in svc.erased else user_id)
     return user_list_json(served.version, engine, result, user_id, filters,
-                          cursor_after(served, page, result, query.n))
+                          cursor_after(served, page, result, query.n), name)
 
 
 @router.get("/regions/{region_code}/recommendations", response_model=RegionRecommendations, responses=NOT_FOUND,
@@ -89,8 +92,10 @@ def region_recommendations(
     except UnknownRegion as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown region {region_code!r}") from exc
     svc.metrics.listed("regions", result.fallback, len(result.items))
+    name = record_list_blocking(svc, "regions", served.version, CHAMPION, result, page, query,
+                                region_code=region_code)
     return RegionRecommendations(region_code=region_code, **list_fields(
-        served.version, engine, result, filters, cursor_after(served, page, result, query.n)))
+        served.version, engine, result, filters, cursor_after(served, page, result, query.n), name))
 
 
 @router.get("/items/{item_id:id}/similar", response_model=SimilarItems, responses=NOT_FOUND,
@@ -105,5 +110,6 @@ async def similar_items(item_id: Id, request: Request, served: ServedDep, svc: S
     except UnknownItem as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown item {item_id!r}") from exc
     svc.metrics.listed("similar", result.fallback, len(result.items))
+    name = await record_list(svc, "similar", served.version, CHAMPION, result, page, query, target_item=item_id)
     return SimilarItems(item_id=item_id, **list_fields(
-        served.version, engine, result, filters, cursor_after(served, page, result, query.n)))
+        served.version, engine, result, filters, cursor_after(served, page, result, query.n), name))
