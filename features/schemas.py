@@ -27,7 +27,13 @@ PROVENANCE = {
 """Columns every stored interaction carries beyond the contract: who sent it, and why ingest
 flagged it (:mod:`features.poisoning`). Files written before them read as nulls."""
 
-STORED_INTERACTIONS = {**INTERACTIONS, **PROVENANCE}
+ATTRIBUTION = {
+    "recommendation_id": pl.String,
+    "position": pl.Int64,
+}
+"""The served list an interaction names, and the item's place in it (optional: null when not sent)."""
+
+STORED_INTERACTIONS = {**INTERACTIONS, **PROVENANCE, **ATTRIBUTION}
 """An interaction partition file: the contract's columns (which decide what is a duplicate)
 plus :data:`PROVENANCE`."""
 
@@ -60,7 +66,7 @@ ITEMS = {
     "series_id": pl.String,
 }
 
-ADDED_LATER = {**PROVENANCE, "min_age": pl.Int64, "editorial": pl.Boolean, "series_id": pl.String}
+ADDED_LATER = {**PROVENANCE, **ATTRIBUTION, "min_age": pl.Int64, "editorial": pl.Boolean, "series_id": pl.String}
 """Columns a store file written before they existed lacks: such a file reads them as nulls."""
 
 SCHEMAS = {"interactions": INTERACTIONS, "users": USERS, "items": ITEMS}

@@ -210,6 +210,7 @@ def validate_interactions(raw: pl.LazyFrame, catalog: pl.LazyFrame, time_zone: s
         clean_text("item_id").alias(typed("item_id")),
         clean_text("action").str.to_lowercase().alias(typed("action")),
         parse_number(clean_text("value")).alias(typed("value")),
+        *_attribution(raw),
     ).join(known, on=typed("item_id"), how="left", maintain_order="left")
     missing = pl.any_horizontal([pl.col(typed(c)).is_null() for c in ("user_id", "item_id", "action")])
     missing = missing | clean_text("ts").is_null()
@@ -225,6 +226,19 @@ def validate_interactions(raw: pl.LazyFrame, catalog: pl.LazyFrame, time_zone: s
         (pl.col("__in_catalog").is_null(), Reason.UNKNOWN_ITEM),
     ]
     return frame.with_columns(_first_reason(checks)).drop("__in_catalog")
+
+
+def _attribution(raw: pl.LazyFrame) -> list[pl.Expr]:
+    """The list an interaction names and its position, typed (an unreadable position is left null:
+    both are optional, and a row is not refused over them)."""
+    present = raw.collect_schema()
+    position = clean_text("position").cast(pl.Float64, strict=False)
+    return [
+        (clean_text("recommendation_id") if "recommendation_id" in present else pl.lit(None, pl.String))
+        .alias(typed("recommendation_id")),
+        (pl.when((position >= 1) & (position == position.floor())).then(position).cast(pl.Int64)
+         if "position" in present else pl.lit(None, pl.Int64)).alias(typed("position")),
+    ]
 
 
 def validate_users(raw: pl.LazyFrame, time_zone: str) -> pl.LazyFrame:

@@ -16,9 +16,15 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-ACTIONS: tuple[str, ...] = ("view", "click", "favorite", "share", "reserve", "attend", "rate", "not_interested")
+ACTIONS: tuple[str, ...] = ("view", "click", "favorite", "share", "reserve", "attend", "rate", "not_interested",
+                            "impression")
 """Every action the engine understands. ``reserve`` is the booking ("点单") signal;
-``not_interested`` is the resident's "不感兴趣" on an item (:data:`NEGATIVE_ACTIONS`)."""
+``not_interested`` is the resident's "不感兴趣" on an item (:data:`NEGATIVE_ACTIONS`);
+``impression`` records that the app displayed an item of a served list (:data:`EXPOSURE_ACTIONS`)."""
+
+EXPOSURE_ACTIONS: frozenset[str] = frozenset({"impression"})
+"""Actions that say an item was shown, not that the resident did anything with it: weight 0 (no
+training signal, never engagement, never "already seen"); online metrics count them."""
 
 NEGATIVE_ACTIONS: frozenset[str] = frozenset({"not_interested"})
 """Actions that say the user does not want the item: never engagement, never shown again
@@ -39,7 +45,12 @@ REGION_CODE_PATTERN = r"^\d{6}$"
 """A region code is a 6-digit GB/T 2260 administrative division code, e.g. ``110229``."""
 
 INTERACTION_REQUIRED: tuple[str, ...] = ("user_id", "item_id", "action", "ts")
-INTERACTION_COLUMNS: tuple[str, ...] = (*INTERACTION_REQUIRED, "value")
+INTERACTION_COLUMNS: tuple[str, ...] = (*INTERACTION_REQUIRED, "value", "recommendation_id", "position")
+"""``recommendation_id``: the served list the interaction came from (a list answer's field);
+``position``: the item's 1-based rank in that list. Both optional (:mod:`recsys.attribution`)."""
+
+MAX_POSITION = 10_000
+"""Largest list position accepted (a paged list is bounded far below it)."""
 
 USER_REQUIRED: tuple[str, ...] = ("user_id",)
 USER_COLUMNS: tuple[str, ...] = ("user_id", "region_code", "age_band", "area_type", "registered_at")
@@ -203,6 +214,8 @@ class InteractionIn(BaseModel):
     action: str
     ts: str | float | int
     value: float | None = None
+    recommendation_id: Annotated[str | None, Field(max_length=MAX_ID_LENGTH)] = None
+    position: Annotated[int | None, Field(ge=1, le=MAX_POSITION, strict=True)] = None
 
     @field_validator("ts", "value", mode="before")
     @classmethod

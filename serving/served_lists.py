@@ -9,11 +9,13 @@ recorded is a 503, as a posted interaction that cannot be stored is.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import HTTPException, status
 from pydantic import BaseModel
 
+from recsys.contract import InteractionIn
 from recsys.query import RecommendationList
 from serving.deps import Services
 from serving.exposures import ListName, exposure_record, new_recommendation_id
@@ -62,3 +64,18 @@ def record_list_blocking(svc: Services, endpoint: str, version: str, variant: st
 
 def _unrecorded() -> HTTPException:
     return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="could not record the list; retry later")
+
+
+def count_linked_feedback(svc: Services, rows: Sequence[InteractionIn]) -> None:
+    """Count accepted interactions that name a served list, per variant of their user (Prometheus)."""
+    linked = [row for row in rows if row.recommendation_id is not None]
+    by_variant: dict[str, list[str]] = {}
+    for row in linked:
+        by_variant.setdefault(variant_of(svc, row.user_id), []).append(row.action)
+    for variant, actions in by_variant.items():
+        svc.metrics.variants.feedback(variant, actions)
+
+
+def variant_of(svc: Services, user_id: str | None) -> str:
+    """The variant serving ``user_id`` now (the champion while no A/B test runs)."""
+    return CHAMPION

@@ -110,8 +110,11 @@ def _with_provenance(home: EngineHome, accepted: pl.DataFrame, users: pl.DataFra
                      poison: PoisonSettings | None) -> pl.DataFrame:
     """The accepted interactions as stored: typed contract columns, their source and their flag."""
     rows = typed_table(accepted.lazy(), "interactions").collect().with_columns(_source_of(accepted))
+    rows = rows.with_columns(accepted.select([pl.col(typed(c)).cast(t).alias(c)  # the list it names, if any
+                                              for c, t in schemas.ATTRIBUTION.items()]))
     history = store.scan_interactions(home, lift_known_users=False)
-    return rows.with_columns(poisoning.flag_rows(rows, history, users, poison))
+    return rows.with_columns(poisoning.flag_rows(rows, history, users, poison)).select(
+        list(schemas.STORED_INTERACTIONS))
 
 
 def _source_of(accepted: pl.DataFrame) -> pl.Series:

@@ -24,13 +24,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, status
 from pydantic import ValidationError
 
-from recsys.contract import InteractionIn, Reason, latest_event_time, rating_in_scale
+from recsys.contract import EXPOSURE_ACTIONS, InteractionIn, Reason, latest_event_time, rating_in_scale
 from recsys.provenance import SOURCE
 from serving.auth import ApiKey
 from serving.deps import InteractionsWriterDep, ServedDep, Services, ServicesDep
 from serving.guard import retry_after
 from serving.quota import QuotaExceeded
 from serving.schemas import InteractionsAccepted, Rejection
+from serving.served_lists import count_linked_feedback
 from serving.user_controls import restore_engaged_tags
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,13 @@ def post_interactions(key: InteractionsWriterDep, batch: Annotated[list[Any], Bo
             log.exception("could not persist %d interactions", len(records))
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                                 detail="could not store the interactions; retry later") from exc
-    for row in accepted:
+    signals = [row for row in accepted if row.action not in EXPOSURE_ACTIONS]  # an impression is no engagement
+    for row in signals:
         svc.live.record(row.user_id, row.item_id, row.action, settings.weight_of(row.action, row.value),
                         row.timestamp(settings.timezone).timestamp())
+    count_linked_feedback(svc, accepted)
     try:  # an engagement with an item of a removed tag brings the tag back
-        restored = restore_engaged_tags(svc.controls, served.engine.catalog, accepted)
+        restored = restore_engaged_tags(svc.controls, served.engine.catalog, signals)
         svc.metrics.control_changes.labels("engaged_tag").inc(len(restored))
     except OSError:  # the interactions are stored; the tag comes back with the next such engagement
         log.exception("could not record a restored interest tag")
@@ -145,6 +148,8 @@ def check_interaction(index: int, element: Any, timezone: str,
                          detail=f"rating {row.value} is outside the scale {rating_scale[0]:g}..{rating_scale[1]:g}")
     record = {"user_id": row.user_id, "item_id": row.item_id, "action": row.action,
               "ts": moment.isoformat(), "value": row.value}
+    if row.recommendation_id is not None:  # the served list it came from (recsys.attribution)
+        record.update(recommendation_id=row.recommendation_id, position=row.position)
     return row, record
 
 
