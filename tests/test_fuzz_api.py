@@ -10,12 +10,13 @@ Schema-valid requests may still be refused for rules a schema cannot state acros
 parameters (``lat`` without ``lon``, ``radius_km`` without a place, an ``at`` that is not a
 time); the check ``positive_data_acceptance`` is replaced by one that allows exactly those.
 User and item ids may hold ``/`` (``DELETE /v1/users/a/recommendations`` erases the user
-``a/recommendations``), so under ``/v1/users/`` an undeclared method on a declared path is
-not expected to be a 405 (check ``unsupported_method``), and the ``Allow`` of an ``OPTIONS``
-there rightly lists ``DELETE`` (check ``allow_header_conformance``). Every request carries the test key
+``a/recommendations``, and ``PUT /v1/items/a/similar`` writes the item ``a/similar``), so under
+``/v1/users/`` and ``/v1/items/`` an undeclared method on a declared path is not expected to be
+a 405 (check ``unsupported_method``), and the ``Allow`` of an ``OPTIONS`` there rightly lists
+``DELETE`` or ``PUT`` (check ``allow_header_conformance``). Every request carries the test key
 with every scope, so the handlers are reached (the refusals without one are tested in
 ``tests/test_serving_keys.py``); the schema must still document 401/403/429.
-``POST /v1/interactions`` judges each
+``POST /v1/interactions`` (and ``POST /v1/items/batch``) judges each
 element on its own (a bad one is listed in ``rejected``, the batch still answers 202), so
 there the check ``negative_data_rejection`` is replaced by: every element is either
 accepted or rejected, and every element that breaks the contract is rejected.
@@ -34,7 +35,7 @@ from schemathesis.checks import negative_data_rejection, positive_data_acceptanc
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi.checks import allow_header_conformance
 
-from recsys.contract import InteractionIn
+from recsys.contract import InteractionIn, Reason
 from serving.app import create_app
 from tests.serving_fixtures import KEY_HEADERS, keyed_settings, rules_data, write_bundle
 
@@ -42,6 +43,9 @@ EXAMPLES = 80
 CROSS_PARAMETER_RULES = ("lat and lon must be given together", "radius_km needs lat and lon", "at: cannot read",
                          "starts_after:", "starts_before:", "cursor:", "kind: unknown kind",
                          "category: unknown category", "age_band: unknown age_band")
+ITEM_RULES = (*(f"{reason.value}:" for reason in Reason), "item_id_mismatch:")
+"""The 422 details a schema-valid item write may get: the data contract's value rules (a time that is
+none, a region code that is not 6 digits, an end before the start), which a JSON schema does not state."""
 """The 422 details a schema-valid request may get (rules across parameters, a time that is not one,
 a cursor this server did not make, a value the served catalogue does not hold)."""
 
@@ -76,9 +80,9 @@ schema = schemathesis.pytest.from_fixture("api_schema")
           suppress_health_check=list(HealthCheck))
 def test_no_server_error_and_every_answer_matches_the_schema(case) -> None:
     excluded = [positive_data_acceptance]
-    if case.operation.path.startswith("/v1/users/"):
+    if case.operation.path.startswith(("/v1/users/", "/v1/items/")):
         excluded.extend((unsupported_method, allow_header_conformance))
-    if case.operation.path == "/v1/interactions":
+    if case.operation.path in ("/v1/interactions", "/v1/items/batch"):  # each element judged on its own
         excluded.append(negative_data_rejection)
     # The key as explicit auth: schemathesis sends it, and also probes without it and with a wrong one.
     # A case generated with a broken header (the key missing or random) is sent as generated.
@@ -86,9 +90,14 @@ def test_no_server_error_and_every_answer_matches_the_schema(case) -> None:
     response = case.call_and_validate(excluded_checks=excluded, headers=None if broken_key else KEY_HEADERS)
     assert response.status_code < 500, response.text
     if case.meta is not None and case.meta.generation.mode.is_positive and response.status_code == 422:
-        assert response.json()["detail"].startswith(CROSS_PARAMETER_RULES), response.text
+        writes_item = case.operation.path == "/v1/items/{item_id}"
+        assert response.json()["detail"].startswith(CROSS_PARAMETER_RULES + (ITEM_RULES if writes_item else ())), \
+            response.text
     if case.operation.path == "/v1/interactions" and response.status_code == 202:
         assert_each_element_judged(case.body, response.json())
+    if case.operation.path == "/v1/items/batch" and response.status_code == 200:
+        answer = response.json()
+        assert answer["accepted"] + len(answer["rejected"]) == len(case.body)
 
 
 def assert_each_element_judged(batch: list, answer: dict) -> None:
@@ -133,7 +142,8 @@ def test_the_fuzzed_app_is_still_healthy_afterwards(fuzzed_app) -> None:
 
     with TestClient(fuzzed_app, headers=KEY_HEADERS) as client:
         assert client.get("/readyz").json()["status"] == "ready"
-        assert client.get("/v1/users/u1/recommendations").status_code == 200
+        answer = client.get("/v1/users/u1/recommendations")
+        assert answer.status_code == 200, answer.text
     tombstones = Path(fuzzed_app.state.services.erased.path)
     lines = tombstones.read_text(encoding="utf-8").splitlines() if tombstones.exists() else []
     assert all(json.loads(line)["user_id"] for line in lines)

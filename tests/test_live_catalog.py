@@ -14,6 +14,7 @@ version with the reason.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -132,6 +133,53 @@ def test_an_interaction_before_its_item_is_kept_and_counts_once_the_item_exists(
     assert created.status_code == 200
     body = client.get(path, params={"at": AT, "n": 20}).json()
     assert body["fallback"] is None and "later-1" not in ids(body)
+
+
+def wait_for(check, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def following_client(rules_bundle: Path, tmp_path: Path) -> Iterator[TestClient]:
+    """An app that follows the segments (and so counts reservations) every 0.1 s."""
+    app = create_app(keyed_settings(home=tmp_path / "home", model_dir=rules_bundle, tail_interval=0.1))
+    with TestClient(app, headers=KEY_HEADERS) as test_client:
+        yield test_client
+
+
+def test_a_full_event_gives_its_place_to_its_digital_version(following_client: TestClient) -> None:
+    client = following_client
+    path = "/v1/users/u0/recommendations"
+    listed = ids(client.get(path, params={"at": AT}).json())
+    event = next(item for item in listed if client.get(f"/v1/items/{item}/similar").status_code == 200
+                 and rules_data_kind(item) == "event")
+    place = listed.index(event)
+    assert client.patch(f"/v1/items/{event}", json={"capacity": 2, "series_id": "s-live"}).status_code == 200
+    assert client.put("/v1/items/live-stream", json={"title": "线上直播", "kind": "digital",
+                                                     "series_id": "s-live"}).status_code == 200
+    assert ids(client.get(path, params={"at": AT}).json())[place] == event  # not full yet
+    client.post("/v1/interactions", json=[{"user_id": f"booker-{i}", "item_id": event, "action": "reserve",
+                                           "ts": AT} for i in range(2)])
+
+    def substituted() -> bool:
+        return "live-stream" in ids(client.get(path, params={"at": AT}).json())
+
+    wait_for(substituted)
+    body = client.get(path, params={"at": AT}).json()
+    assert event not in ids(body) and ids(body)[place] == "live-stream"
+    assert body["items"][place]["reason"] == "现场已满，可看线上直播"
+    for other in ids(body)[:3]:
+        assert event not in ids(client.get(f"/v1/items/{other}/similar", params={"at": AT, "n": 50}).json())
+    # out of reach: with a place far from the event, its digital version stands in as well
+    far = client.get(path, params={"at": AT, "lat": 22.5, "lon": 114.0, "radius_km": 5}).json()
+    assert "live-stream" in ids(far)
+
+
+def rules_data_kind(item_id: str) -> str:
+    return "digital" if int(item_id.removeprefix("i")) % 5 == 0 else "event"
 
 
 # ---- ingest folds the lines in -------------------------------------------------------------------
@@ -321,3 +369,43 @@ def test_an_interaction_before_its_item_survives_a_sigkill(served_home: dict) ->
     lines = [json.loads(line) for segment in sorted(EngineHome.at(home).item_lines.glob("*.jsonl"))
              for line in segment.read_text(encoding="utf-8").splitlines()]
     assert any(line["item_id"] == "尚未上架-1" and line["op"] == "put" for line in lines)
+
+
+@pytest.mark.slow
+def test_a_full_event_leaves_every_list_of_both_workers_for_its_digital_version(workers: Workers,
+                                                                                 served_home: dict) -> None:
+    data = served_home["data"]
+    catalog = data.catalog
+    user = user_with_history(data, rank=3)
+    path = f"/v1/users/{quote(user, safe='')}/recommendations"
+    listed = ids(workers.get(path, at=POSTED_TS).json())
+    event = next(item for item in listed if catalog.kind_name(catalog.items.index_of(item)) != "digital"
+                 and not math.isnan(catalog.lat[catalog.items.index_of(item)]))
+    place = listed.index(event)
+    assert workers.send("PATCH", f"/v1/items/{quote(event, safe='')}",
+                        {"capacity": 3, "series_id": "series-1"}).status_code == 200
+    assert workers.send("PUT", "/v1/items/series-1-online", {
+        "title": "线上直播", "kind": "digital", "series_id": "series-1"}).status_code == 200
+    booked = workers.send("POST", "/v1/interactions", [
+        {"user_id": f"订票人-{i}", "item_id": event, "action": "reserve", "ts": POSTED_TS} for i in range(3)])
+    assert booked.status_code == 202 and booked.json()["accepted"] == 3
+
+    def replaced(body: dict) -> bool:
+        return event not in ids(body) and ids(body)[place] == "series-1-online"
+
+    answers = workers.from_each(path, replaced, timeout=5, at=POSTED_TS)
+    assert all(body["items"][place]["reason"] == "现场已满，可看线上直播" for body in answers.values())
+    region = data.users.regions[int(data.users.region[data.users.users.index_of(user)])]
+    for other in (f"/v1/regions/{region}/recommendations", f"/v1/items/{quote(listed[0], safe='')}/similar"):
+        workers.from_each(other, lambda body: event not in ids(body), timeout=2, at=POSTED_TS, n=100)
+
+
+def test_full_events_may_be_listed_and_marked_instead(rules_bundle: Path, tmp_path: Path) -> None:
+    app = create_app(keyed_settings(home=tmp_path / "home", model_dir=rules_bundle, tail_interval=0.1,
+                                    full_events="flag"))
+    with TestClient(app, headers=KEY_HEADERS) as client:
+        path = "/v1/users/u0/recommendations"
+        event = ids(client.get(path, params={"at": AT}).json())[0]
+        assert client.patch(f"/v1/items/{event}", json={"capacity": 0}).status_code == 200
+        wait_for(lambda: client.get(path, params={"at": AT}).json()["items"][0]["full"] is True)
+        assert ids(client.get(path, params={"at": AT}).json())[0] == event

@@ -39,11 +39,28 @@ UNKNOWN_FIELD = "unknown_field"
 MISMATCHED_ID = "item_id_mismatch"
 """Refusal of a body whose ``item_id`` names another item than the path."""
 
-_VALUE = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "null"},
-                    {"type": "array", "items": {"type": "string"}}]}
+_JSON_TYPES: dict[str, tuple[tuple[type, ...], Reason]] = {
+    **{column: ((str, int, float), Reason.BAD_VALUE) for column in
+       ("item_id", "title", "kind", "category", "region_code", "venue_id", "provider", "series_id")},
+    "tags": ((str, list), Reason.BAD_VALUE),
+    **{column: ((int, float, str), Reason.BAD_NUMBER) for column in ("lat", "lon", "capacity", "min_age")},
+    **{column: ((str, int, float), Reason.BAD_TIME) for column in ("starts_at", "ends_at")},
+    **{column: ((bool, int, str), Reason.BAD_VALUE) for column in ("is_free", "hidden", "editorial")},
+}
+"""The JSON types each column may be sent as (null always), and the reason a value of another type gets."""
+_SCHEMA_TYPES = {str: {"type": "string"}, int: {"type": "number"}, float: {"type": "number"},
+                 bool: {"type": "boolean"}, list: {"type": "array", "items": {"type": "string"}}}
+
+
+def _value_schema(column: str) -> dict[str, Any]:
+    kinds = [_SCHEMA_TYPES[t] for t in _JSON_TYPES[column][0]]
+    unique = [k for i, k in enumerate(kinds) if k not in kinds[:i]]
+    return {"anyOf": [*unique, {"type": "null"}]}
+
+
 _ITEM_SCHEMA = {
     "type": "object", "additionalProperties": False,
-    "properties": {column: _VALUE for column in ITEM_COLUMNS},
+    "properties": {column: _value_schema(column) for column in ITEM_COLUMNS},
     "description": "catalogue columns of the data contract (README); times ISO-8601 or epoch seconds, tags a list "
                    "or |-separated; series_id links an event to its other sessions and its digital version",
 }
@@ -140,6 +157,11 @@ def _texts(body: dict[str, Any], path_id: str | None) -> dict[str, str | None]:
     if unknown:
         raise _Refused(UNKNOWN_FIELD, f"not a catalogue column: {', '.join(map(repr, unknown))}; "
                                       f"columns are {', '.join(ITEM_COLUMNS)}")
+    for column, value in body.items():
+        allowed, reason = _JSON_TYPES[column]
+        if value is not None and (not isinstance(value, allowed) or isinstance(value, bool) and bool not in allowed
+                                  or isinstance(value, list) and not all(isinstance(v, str) for v in value)):
+            raise _Refused(reason.value, f"{column}: a JSON {type(value).__name__} is not a value of this column")
     texts = {column: field_text(body.get(column)) for column in ITEM_COLUMNS}
     texts["tags"] = tags_text(body.get("tags"))
     if path_id is not None:

@@ -25,6 +25,8 @@ from starlette.convertors import PathConvertor, register_url_convertor
 
 from recsys.contract import MAX_ID_LENGTH
 from recsys.query import UnknownItem, UnknownRegion, UserContext
+from recsys.substitution import marked_full
+from serving import substitutes
 from serving.deps import PersonalReaderDep, ServedDep, Services, ServicesDep, place_of, served_model
 from serving.encode import list_fields, user_list_json
 from serving.list_filters import check_age_band, cursor_after, list_filters
@@ -68,6 +70,8 @@ async def user_recommendations(user_id: Id, request: Request, _: PersonalReaderD
                           controls=svc.controls.of(user_id))
     result = engine.for_user(user_id, query.n, filters, diversity=query.diversity, context=context,
                              region=query.region)
+    result = substitutes.for_user(served, result, user_id, query.n, filters, diversity=query.diversity,
+                                  context=context, region=query.region, lang=svc.settings.lang)
     result = lift_answers(result, user_id, book_of(request), engine, filters, query.n, svc.settings.lang)
     svc.metrics.listed("users", result.fallback, len(result.items))
     name = await record_list(svc, "users", served.version, CHAMPION, result, page, query,
@@ -91,6 +95,8 @@ def region_recommendations(
         result = engine.for_region(region_code, query.n, filters, age_band=query.age_band or None)
     except UnknownRegion as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown region {region_code!r}") from exc
+    result = substitutes.for_region(served, result, region_code, query.n, filters, age_band=query.age_band or None,
+                                    lang=svc.settings.lang)
     svc.metrics.listed("regions", result.fallback, len(result.items))
     name = record_list_blocking(svc, "regions", served.version, CHAMPION, result, page, query,
                                 region_code=region_code)
@@ -109,6 +115,7 @@ async def similar_items(item_id: Id, request: Request, served: ServedDep, svc: S
         result = engine.similar(item_id, query.n, filters)
     except UnknownItem as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown item {item_id!r}") from exc
+    result = marked_full(result, engine.catalog)
     svc.metrics.listed("similar", result.fallback, len(result.items))
     name = await record_list(svc, "similar", served.version, CHAMPION, result, page, query, target_item=item_id)
     return SimilarItems(item_id=item_id, **list_fields(
