@@ -32,7 +32,11 @@ NUMBER_COLUMNS = {
     "preferences": ("active_users", "engaged_users", "share", "city_share", "lift"),
     "supply_demand": ("demand_share", "gap", "status", "demand_users"),
     "trends": ("share_now", "share_prev", "change_pp"),
+    "age_gaps": ("demand_share", "gap", "status"),
+    "weekly_trends": ("share", "engaged_users"),
 }
+TABLES = (*NUMBER_COLUMNS, "supply")
+"""Every table the report writes as Parquet and CSV (supply counts the catalogue: nothing to suppress)."""
 
 
 def write_store(root: Path, users: pl.DataFrame, items: pl.DataFrame, interactions: pl.DataFrame) -> EngineHome:
@@ -72,9 +76,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_files_are_written_into_the_default_folder(demo: dict) -> None:
     out: Path = demo["out"]
-    assert out == demo["home"].reports / "latest"
+    assert out == demo["home"].reports / "2026-W44"  # the ISO week of the window's end
+    assert (demo["home"].reports / "latest").resolve() == out.resolve()
     names = {p.name for p in out.iterdir()}
-    assert names == {"report.html", "summary.json", "meta.json", *(f"{t}.{ext}" for t in NUMBER_COLUMNS
+    assert names == {"report.html", "summary.json", "meta.json", *(f"{t}.{ext}" for t in TABLES
                                                                    for ext in ("parquet", "csv"))}
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     assert meta["min_users"] == MIN_USERS and meta["lang"] == "zh" and meta["window_days"] == 28
@@ -244,7 +249,7 @@ def test_cli_writes_all_files_and_prints_paths(demo: dict, tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     assert printed["out_dir"] == str(out)
-    assert set(printed["files"]) == {"html", "summary", "meta", *(f"{t}_{ext}" for t in NUMBER_COLUMNS
+    assert set(printed["files"]) == {"html", "summary", "meta", *(f"{t}_{ext}" for t in TABLES
                                                                    for ext in ("parquet", "csv"))}
     for path in printed["files"].values():
         assert Path(path).is_file() and Path(path).parent == out
@@ -273,3 +278,37 @@ def test_mlflow_logging(demo: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with mlflow.start_run() as run:
         assert log_report_to_mlflow(demo["out"], run.info.run_id) == run.info.run_id
     assert "report/meta.json" in {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+
+
+def test_two_weeks_leave_two_archives_and_a_two_point_trend(demo: dict, tmp_path: Path) -> None:
+    """A run per ISO week is archived under reports/<year>-W<week>/; latest points at the newest,
+    whose trend charts draw both weeks, and whose supply counts listings, sessions and seats with the
+    digital channel apart."""
+    from tests.demo_store import copy_home
+
+    home = EngineHome(copy_home(demo["home"].root, tmp_path / "home"))
+    earlier = write_report(home, None, min_users=MIN_USERS, at="2026-10-24T12:00:00+08:00")
+    later = write_report(home, None, min_users=MIN_USERS)
+    weeks = sorted(p.name for p in home.reports.iterdir() if not p.name.startswith("."))
+    assert weeks == ["2026-W43", "2026-W44", "latest"]
+    assert (earlier.out_dir.name, later.out_dir.name) == ("2026-W43", "2026-W44")
+    latest = home.reports / "latest"
+    assert latest.resolve() == later.out_dir.resolve() and (latest / "report.html").is_file()
+    history = pl.read_parquet(latest / "weekly_trends.parquet")
+    assert sorted(history["week"].unique().to_list()) == ["2026-W43", "2026-W44"]
+    html = (latest / "report.html").read_text(encoding="utf-8")
+    chart = re.search(rf'<div class="trend" id="trend-{section_id("110119")}">.*?</svg>', html, re.S)
+    assert chart is not None
+    series = re.findall(r'<g class="series".*?</g>', chart.group(0), re.S)
+    # a point per shown week: the leading category has both; a thinner one may miss a hidden week
+    assert series and series[0].count("<circle") == 2 and all(s.count("<circle") <= 2 for s in series)
+    supply = pl.read_parquet(latest / "supply.parquet")
+    offline = supply.filter(pl.col("channel") == "offline")
+    assert (offline["sessions"] >= offline["listings"]).all() and offline["seats"].sum() > offline["sessions"].sum()
+    digital = supply.filter(pl.col("channel") == "digital")
+    assert digital.height > 0 and digital["region_code"].is_null().all() and digital["seats"].is_null().all()
+    gaps = pl.read_parquet(latest / "age_gaps.parquet").filter(~pl.col("suppressed"))
+    seniors = gaps.filter((pl.col("region_code") == "110119") & (pl.col("age_band") == "60+")
+                          & (pl.col("category") == "戏曲")).row(0, named=True)
+    assert seniors["status"] == "undersupplied", seniors  # the planted effect: Yanqing's seniors and opera
+    assert 'id="glossary"' in html and "lift(s, c) = share(s, c) ÷ share(全市, c)" in html

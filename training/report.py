@@ -19,6 +19,16 @@ for, not offered" flagged), ``requested_programmes`` and ``request_answers`` (an
 requests and median days to an answer per district) as Parquet and CSV, a ``requests``
 block per district in ``summary.json`` and a section of the page.
 
+Depth (:mod:`features.report_depth`, :mod:`features.report_history`): ``supply`` counts what
+was live in listings, sessions and seats per channel (offline per district, digital on its
+own), ``age_gaps`` sets each district's age bands' demand against its supply, and
+``weekly_trends`` holds each district x category share over up to 12 archived weeks; the page
+draws them (:mod:`training.report_sections`) with a glossary of every figure's formula.
+
+Written into the engine home (no ``out_dir``, or ``reports/latest``), a run is archived by the
+ISO week of its window's end, ``reports/<year>-W<week>/``, and ``reports/latest`` is pointed at
+the newest week (:mod:`training.report_archive`).
+
 Every number in every output is already suppressed where it rests on fewer than
 ``min_users`` people.
 """
@@ -38,21 +48,26 @@ from typing import Any
 
 import polars as pl
 
-from features.aggregates import ReportTables, plan_report
+from features.aggregates import ReportTables, plan_report, window_events
 from features.ingest.requests import stored_requests
 from features.poisoning import left_out, without_flagged
+from features.report_depth import age_gaps, supply
+from features.report_history import iso_week, weekly_shares
 from features.request_aggregates import RequestTables, request_tables
 from features.store import scan_interactions, scan_items, scan_users
 from recsys.appendlog import read_tombstones
 from recsys.contract import parse_timestamp
 from recsys.home import EngineHome
 from recsys.settings import EngineSettings
+from training.report_archive import LATEST, discard, point_latest, set_aside
 from training.report_html import LANGS, region_name, render_report
+from training.report_sections import depth_sections
 
 log = logging.getLogger(__name__)
 
 TABLES: tuple[str, ...] = ("preferences", "supply_demand", "trends")
 REQUEST_TABLES: tuple[str, ...] = ("request_demand", "requested_programmes", "request_answers")
+DEPTH_TABLES: tuple[str, ...] = ("supply", "age_gaps", "weekly_trends")
 TOP_LIFTS = 10
 TOP_TRENDS = 10
 ARTIFACT_PATH = "report"
@@ -100,8 +115,10 @@ def write_report(
 ) -> ReportSummary:
     """Aggregate the store of ``home`` and write the report into ``out_dir``.
 
-    ``out_dir`` defaults to ``<home>/reports/latest``; ``at`` (a datetime or ISO string, naive
-    meaning the configured time zone) defaults to the latest interaction in the store.
+    Without ``out_dir`` (or with ``<home>/reports/latest``) the report is archived as
+    ``<home>/reports/<year>-W<week>/`` and ``reports/latest`` points at the newest week; ``at``
+    (a datetime or ISO string, naive meaning the configured time zone) defaults to the latest
+    interaction in the store.
     Raises ``ValueError`` when the store holds no interactions or an argument is invalid.
     """
     started = time.perf_counter()
@@ -111,7 +128,7 @@ def write_report(
         raise ValueError(f"unknown language {lang!r}; expected one of {', '.join(LANGS)}")
     now = datetime.now(UTC)  # the window never runs past this machine's clock
     moment = _parse_at(at, settings.timezone, now)
-    destination = Path(out_dir) if out_dir is not None else engine_home.reports / "latest"
+    archive = out_dir is None or Path(out_dir) == engine_home.reports / LATEST
 
     interactions = scan_interactions(engine_home)
     plan = plan_report(  # flagged rows neither count nor move the window (features.poisoning)
@@ -124,15 +141,21 @@ def write_report(
         raise ValueError(f"the store at {engine_home.store} holds no interactions up to now "
                          f"({now.isoformat(timespec='seconds')}); ingest data first")
     requested = _request_tables(engine_home, tables, bounds, min_users)
+    week = iso_week(bounds["window_end"], settings.timezone)
+    destination = engine_home.reports / week if archive else Path(str(out_dir))
+    depth = depth_tables(engine_home, tables, week, min_users=min_users, settings=settings)
 
     meta = _meta(bounds, window_days=window_days, min_users=min_users, lang=lang,
                  at_given=moment is not None, settings=settings)
+    meta["week"] = week
     meta["left_out"] = left_out_since(interactions, bounds["prev_start"], now)
     summary = build_summary(tables, meta)
     if requested is not None:
         add_requests(summary, requested)
-    staging = _write_staging(destination, tables, summary, meta, lang, requested)
+    staging = _write_staging(destination, tables, summary, meta, lang, requested, depth)
     _publish(staging, destination)
+    if archive:
+        point_latest(engine_home.reports)
     files = {name: destination / filename for name, filename in _file_names(requested is not None).items()}
     result = _summarise(destination, files, bounds, tables, summary, time.perf_counter() - started)
     log.info("report for %s .. %s written to %s in %.2fs", result.window_start, result.window_end,
@@ -203,9 +226,23 @@ def add_requests(summary: dict[str, Any], requested: RequestTables) -> None:
         }
 
 
+def depth_tables(home: EngineHome, tables: ReportTables, week: str, *, min_users: int,
+                 settings: EngineSettings) -> dict[str, pl.DataFrame]:
+    """``supply``, ``age_gaps`` and ``weekly_trends`` (module docstring) for the report's window."""
+    bounds = tables.bounds.lazy()
+    users = scan_users(home).unique(subset="user_id", keep="any")
+    items = scan_items(home)
+    events = window_events(without_flagged(scan_interactions(home)), users, items, bounds, settings)
+    hidden = tables.preferences.filter(pl.col("segment_type") == "region_age").lazy()
+    offered, gaps = pl.collect_all([supply(items, bounds),
+                                    age_gaps(events, users, items, bounds, min_users=min_users, hidden_cells=hidden)])
+    history = weekly_shares(home.reports, week, tables.preferences)
+    return {"supply": offered, "age_gaps": gaps, "weekly_trends": history}
+
+
 def _file_names(with_requests: bool = False) -> dict[str, str]:
     names = {"html": "report.html", "summary": "summary.json", "meta": "meta.json"}
-    for table in (*TABLES, *(REQUEST_TABLES if with_requests else ())):
+    for table in (*TABLES, *DEPTH_TABLES, *(REQUEST_TABLES if with_requests else ())):
         names[f"{table}_parquet"] = f"{table}.parquet"
         names[f"{table}_csv"] = f"{table}.csv"
     return names
@@ -293,7 +330,8 @@ def build_summary(tables: ReportTables, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_staging(destination: Path, tables: ReportTables, summary: dict[str, Any], meta: dict[str, Any],
-                   lang: str, requested: RequestTables | None = None) -> Path:
+                   lang: str, requested: RequestTables | None = None,
+                   depth: dict[str, pl.DataFrame] | None = None) -> Path:
     """Write every file into a fresh sibling directory of ``destination``."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = destination.parent / f".{destination.name}.staging-{uuid.uuid4().hex[:8]}"
@@ -308,9 +346,13 @@ def _write_staging(destination: Path, tables: ReportTables, summary: dict[str, A
                                     strict=True):
                 frame.write_parquet(staging / f"{table}.parquet")
                 frame.write_csv(staging / f"{table}.csv")
+        for table, frame in (depth or {}).items():
+            frame.write_parquet(staging / f"{table}.parquet")
+            frame.write_csv(staging / f"{table}.csv")
         _write_json(staging / "summary.json", summary)
         _write_json(staging / "meta.json", meta)
-        html = render_report(tables, summary, meta, lang=lang)
+        sections = depth_sections(depth, summary, lang) if depth else None
+        html = render_report(tables, summary, meta, lang=lang, sections=sections)
         (staging / "report.html").write_text(html, encoding="utf-8")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -328,11 +370,10 @@ def _publish(staging: Path, destination: Path) -> None:
     A reader sees the old report or the new one (or, for the instant between the renames,
     none), never a mixture.
     """
-    retired = destination.parent / f".{destination.name}.old-{uuid.uuid4().hex[:8]}"
-    if destination.exists():
-        destination.rename(retired)
+    retired = set_aside(destination) if destination.exists() or destination.is_symlink() else None
     staging.rename(destination)
-    shutil.rmtree(retired, ignore_errors=True)
+    if retired is not None:
+        discard(retired)
 
 
 def _summarise(destination: Path, files: dict[str, Path], bounds: dict[str, Any], tables: ReportTables,

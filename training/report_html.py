@@ -347,7 +347,7 @@ def heatmap_svg(rows: list[tuple[str, str]], columns: list[tuple[str, str]],
     top = 30 + (int(widest * 0.6) if slanted else 0)
     width = left + cell_w * max(len(columns), 1) + (widest * 0.8 if slanted else 8)
     height = top + cell_h * max(len(rows), 1) + 44
-    parts = [_svg_open(width, height, label)]
+    parts = [svg_open(width, height, label)]
     for j, (_, col_label) in enumerate(columns):
         x, y = left + j * cell_w + cell_w / 2, top - 10
         placement = (f'text-anchor="start" transform="rotate(-35 {x:.0f} {y})"' if slanted
@@ -401,7 +401,7 @@ def supply_demand_svg(rows: list[dict[str, Any]], *, text: dict[str, str], label
     top, bar_w, row_h = 34, 250, 34
     width, height = left + bar_w + 48 + tag, top + row_h * max(len(rows), 1) + 8
     scale = max([r["demand_share"] or 0.0 for r in rows] + [r["supply_share"] or 0.0 for r in rows] + [0.05])
-    parts = [_svg_open(width, height, label), _bar_legend(left, text)]
+    parts = [svg_open(width, height, label), _bar_legend(left, text)]
     for i, row in enumerate(rows):
         y = top + i * row_h
         parts.append(f'<text x="{left - 8}" y="{y + 17}" text-anchor="end" class="axis">'
@@ -445,7 +445,7 @@ def trend_svg(rows: list[tuple[str, float | None]], *, label: str) -> str:
     width, height = left + 2 * half + 90, top + row_h * max(len(rows), 1) + 10
     axis = left + half + 40  # room on the left for the labels of falling categories
     scale = max([abs(v) for _, v in rows if v is not None] + [1.0])
-    parts = [_svg_open(width, height, label),
+    parts = [svg_open(width, height, label),
              f'<line x1="{axis}" y1="{top - 4}" x2="{axis}" y2="{height - 4}" stroke="#9ca3af"/>']
     for i, (name, change) in enumerate(rows):
         y = top + i * row_h
@@ -463,7 +463,7 @@ def trend_svg(rows: list[tuple[str, float | None]], *, label: str) -> str:
     return "".join(parts)
 
 
-def _svg_open(width: float, height: float, label: str) -> str:
+def svg_open(width: float, height: float, label: str) -> str:
     return (f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{escape(label)}" '
             f'width="{width:.0f}" height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}">')
 
@@ -503,9 +503,15 @@ tr.gap td { background: #fff7ed; font-weight: 600; }
 """.replace("%FONT%", FONT_STACK)
 
 
-def render_report(tables: ReportTables, summary: dict[str, Any], meta: dict[str, Any], *, lang: str = "zh") -> str:
-    """The whole page as a string (UTF-8 text, no external resource)."""
+def render_report(tables: ReportTables, summary: dict[str, Any], meta: dict[str, Any], *, lang: str = "zh",
+                  sections: dict[str, str] | None = None) -> str:
+    """The whole page as a string (UTF-8 text, no external resource).
+
+    ``sections`` are further fragments by place (:func:`training.report_sections.depth_sections`):
+    ``after_requests``, ``region:<code>`` (inside a district's section) and ``glossary``.
+    """
     text = TEXT[lang]
+    extra = sections or {}
     columns = _category_columns(tables, lang)
     body = [
         _header(summary, meta, text, lang, tables),
@@ -513,10 +519,13 @@ def render_report(tables: ReportTables, summary: dict[str, Any], meta: dict[str,
         _overview(tables, summary, columns, text, lang),
         _areas_section(tables, columns, text, lang),
         _requests_section(summary, meta, text, lang),
+        extra.get("after_requests", ""),
         f'<h2 id="regions">{escape(text["regions"])}</h2>',
         _contents(summary, lang),
-        *[_region_section(code, block, tables, meta, text, lang) for code, block in summary["regions"].items()],
+        *[_region_section(code, block, tables, meta, text, lang, extra.get(f"region:{code}", ""))
+          for code, block in summary["regions"].items()],
         _definitions(meta, text, lang),
+        extra.get("glossary", ""),
         _privacy(meta, text, lang),
     ]
     html_lang = "zh-CN" if lang == "zh" else "en"
@@ -687,7 +696,7 @@ def _contents(summary: dict[str, Any], lang: str) -> str:
 
 
 def _region_section(code: str, block: dict[str, Any], tables: ReportTables, meta: dict[str, Any],
-                    text: dict[str, str], lang: str) -> str:
+                    text: dict[str, str], lang: str, depth: str = "") -> str:
     name = region_name(code, lang)
     heading = f"{name} ({code})" if name != code else code
     anchor = section_id(code)
@@ -702,6 +711,7 @@ def _region_section(code: str, block: dict[str, Any], tables: ReportTables, meta
         "<div>", _region_items(block, meta, text, lang), "</div></div>",
         '<div class="cols"><div>', _region_supply(code, tables, text, lang, name), "</div>",
         "<div>", _region_trend(code, tables, meta, text, lang, name), "</div></div>",
+        depth,
         "</section>",
     ]
     return "".join(parts)
