@@ -126,6 +126,11 @@ class EngineHome:
         return self.root / "reports"
 
     @property
+    def online_report(self) -> Path:
+        """The latest online report (``recsys online-report``), whose summary ``GET /v1/online/metrics`` serves."""
+        return self.root / "online" / "latest"
+
+    @property
     def serving_cache(self) -> Path:
         """The last-known-good copy of the model a server serves."""
         return self.root / "serving" / "last_known_good"

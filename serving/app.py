@@ -48,7 +48,7 @@ from serving.ratelimit import TokenBuckets
 from serving.redact import install_access_log_redaction
 from serving.reload_requests import ReloadRequests
 from serving.reports import ReportFiles
-from serving.routers import admin, controls, interactions, items, ops, recommendations, reports, requests
+from serving.routers import admin, controls, interactions, items, online, ops, recommendations, reports, requests
 from serving.segment_tail import SegmentTail
 from serving.segments import SegmentWriter
 from serving.sources import DirectorySource, ModelSource, RegistrySource
@@ -58,7 +58,7 @@ from serving.user_controls import follow_erasures_and_controls
 log = logging.getLogger(__name__)
 
 # controls before admin: ``DELETE /v1/users/{user_id:id}`` would match ``.../profile/tags/{tag}`` too
-ROUTERS = (recommendations, interactions, items, ops, controls, admin, reports, requests)
+ROUTERS = (recommendations, interactions, items, ops, controls, admin, reports, requests, online)
 
 DESCRIPTION = """\
 Recommendations for a public cultural-resource platform (文化云): personal lists, district

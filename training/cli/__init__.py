@@ -19,7 +19,8 @@ app = typer.Typer(
 )
 
 # Each module adds its verbs to ``app`` through ``register(app)``.
-_VERB_MODULES = ("store_cmds", "demo_cmd", "train_cmds", "report_cmd", "serve_cmds", "quickstart_cmd", "card_cmd")
+_VERB_MODULES = ("store_cmds", "demo_cmd", "train_cmds", "report_cmd", "serve_cmds", "quickstart_cmd", "card_cmd",
+                "online_cmds")
 
 
 def _register_all() -> None:

@@ -237,7 +237,7 @@ def _render_history(moves: list[dict[str, Any]]) -> None:
 
 def _render_versions(rows: list[dict[str, Any]]) -> None:
     table = Table(title="cultural-recsys versions")
-    for column in ("version", "aliases", "model", "ndcg@10", "rural/urban", "created"):
+    for column in ("version", "aliases", "model", "ndcg@10", "rural/urban", "online ctr", "created"):
         # aliases in full: a cut "champ…" is no use to an operator deciding a rollback
         table.add_column(column, no_wrap=column != "aliases", overflow="fold", min_width=len("candidate,champion")
                          if column == "aliases" else None)
@@ -245,7 +245,8 @@ def _render_versions(rows: list[dict[str, Any]]) -> None:
         tags = row["tags"]
         created = datetime.fromtimestamp(row["created"] / 1000, UTC).strftime("%Y-%m-%d %H:%M")
         table.add_row(row["version"], ",".join(row["aliases"]), tags.get("model", ""),
-                      tags.get("ndcg_at_10", "")[:6], tags.get("rural_urban_ndcg_ratio", "")[:5], created)
+                      tags.get("ndcg_at_10", "")[:6], tags.get("rural_urban_ndcg_ratio", "")[:5],
+                      tags.get("online_click_through", "")[:6], created)
     out.print(table)
 
 
