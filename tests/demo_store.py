@@ -72,6 +72,38 @@ def prepare_mlflow_env() -> None:
         os.environ.pop(key, None)
 
 
+_EMPTY_REGISTRY: list[Path] = []
+
+
+def seed_registry(root: Path) -> None:
+    """Give a new home ``root`` an empty, already migrated MLflow store (``root/mlflow.db``).
+
+    A store MLflow creates runs its ~50 schema migrations, each committed (fsynced) apart:
+    seconds per home on a busy disk. The copy is made once per test process, the way MLflow
+    makes a store (tables, migrations, the Default experiment); everything the engine puts in
+    it (its experiment, the registry marker) is still made by the code under test. A home that
+    already has a store is left alone.
+    """
+    target = EngineHome.at(root).mlflow_db
+    if target.exists():
+        return
+    if not _EMPTY_REGISTRY:
+        import atexit
+        import tempfile
+
+        from mlflow import MlflowClient
+
+        directory = Path(tempfile.mkdtemp(prefix="recsys-test-registry-"))
+        atexit.register(shutil.rmtree, directory, True)
+        uri = f"sqlite:///{directory / 'mlflow.db'}"
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments()
+        client.search_registered_models()
+        _EMPTY_REGISTRY.append(directory / "mlflow.db")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_EMPTY_REGISTRY[0], target)
+
+
 def build_demo_home(root: Path, config: DemoConfig = DEMO, *, via_ingest: bool = True) -> DemoHome:
     """Generate ``config`` and fill ``root/store`` with it; returns the built home.
 
@@ -81,6 +113,7 @@ def build_demo_home(root: Path, config: DemoConfig = DEMO, *, via_ingest: bool =
     """
     prepare_mlflow_env()
     root.mkdir(parents=True, exist_ok=True)
+    seed_registry(root)
     data = generate(config)
     home = EngineHome.at(root)
     if via_ingest:

@@ -133,8 +133,10 @@ def register_version(home_root: Path, bundle_dir: Path, *, champion: bool = True
     import mlflow
 
     from recsys.home import EngineHome
+    from tests.demo_store import seed_registry
     from training import registry
 
+    seed_registry(home_root)
     home = EngineHome.at(home_root)
     client = registry.connect(home)
     with mlflow.start_run():
