@@ -35,6 +35,7 @@ from serving.cache import LastKnownGood
 from serving.config import ServingSettings
 from serving.deps import Services
 from serving.docs import install_docs
+from serving.experiment import ExperimentFollower, challenger_loader
 from serving.exposures import ExposureLog
 from serving.follower import PeerFollower
 from serving.live import LiveInteractions
@@ -124,7 +125,16 @@ def build_services(settings: ServingSettings) -> Services:
         controls=user_controls,
         exposures=ExposureLog(home.exposure_lines, enabled=settings.exposure_log),
         items=items,
+        experiment=_experiment(settings, home, holder),
     )
+
+
+def _experiment(settings: ServingSettings, home: EngineHome, holder: ModelHolder) -> ExperimentFollower:
+    """The A/B test follower, looking at the file once now so a running challenger starts loading."""
+    load = challenger_loader(home.tracking_uri(), settings.model_name, holder.scratch, settings.lang, holder.overlay)
+    follower = ExperimentFollower(home.experiment, load)
+    follower.refresh(force=True)
+    return follower
 
 
 def guard_options(services: Services) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from recsys.controls import ControlsLog
 from serving.auth import KEY_FIELD, ApiKey, KeyRing, Scope, authorize
 from serving.config import ServingSettings
 from serving.erasure import ErasedUsers
+from serving.experiment import ExperimentFollower
 from serving.exposures import ExposureLog
 from serving.live import LiveInteractions
 from serving.live_items import LiveItems
@@ -51,6 +52,8 @@ class Services:
     """Every served list on record (:mod:`serving.exposures`)."""
     items: LiveItems
     """The catalogue written through the API, and full events (:mod:`serving.live_items`)."""
+    experiment: ExperimentFollower
+    """The A/B test this process follows and its challenger (:mod:`serving.experiment`)."""
 
 
 async def services(request: Request) -> Services:

@@ -78,4 +78,4 @@ def count_linked_feedback(svc: Services, rows: Sequence[InteractionIn]) -> None:
 
 def variant_of(svc: Services, user_id: str | None) -> str:
     """The variant serving ``user_id`` now (the champion while no A/B test runs)."""
-    return CHAMPION
+    return svc.experiment.variant_of(user_id)

@@ -61,9 +61,9 @@ def compute(home: EngineHome, days: int = 7, end: date | None = None,
         raise ValueError("--days must be at least 1")
     erased = frozenset(erased_users(home))
     exposures = window(read_exposures(home, erased), days, end)
-    interactions = _frame(home, "interactions")
-    users = _frame(home, "users")
-    items = _frame(home, "items")
+    interactions = store_frame(home, "interactions")
+    users = store_frame(home, "users")
+    items = store_frame(home, "items")
     visible = items.filter(~pl.col("hidden").fill_null(False)) if "hidden" in items.columns else items
     outcomes = list_outcomes(exposures, interactions, users, items, settings)
     cells = online_metrics(outcomes, visible.height)
@@ -73,7 +73,7 @@ def compute(home: EngineHome, days: int = 7, end: date | None = None,
     return cells, totals, per_user(outcomes)
 
 
-def _frame(home: EngineHome, table: str) -> pl.DataFrame:
+def store_frame(home: EngineHome, table: str) -> pl.DataFrame:
     scan = {"interactions": scan_interactions, "users": scan_users, "items": scan_items}[table]
     try:
         return scan(home).collect()

@@ -62,6 +62,7 @@ async def user_recommendations(user_id: Id, request: Request, _: PersonalReaderD
     served = await served_model(request)  # called, not injected: one dependency pass less per request
     query = parse_query(UserListQuery, request)
     svc: Services = request.app.state.services
+    served, variant = svc.experiment.serving(user_id, served)  # the champion unless an A/B test assigns
     engine = served.engine
     place = place_of(query.lat, query.lon, query.radius_km)
     filters, page = list_filters(query, served, kind=query.kind, category=query.category, place=place)
@@ -74,7 +75,7 @@ async def user_recommendations(user_id: Id, request: Request, _: PersonalReaderD
                                   context=context, region=query.region, lang=svc.settings.lang)
     result = lift_answers(result, user_id, book_of(request), engine, filters, query.n, svc.settings.lang)
     svc.metrics.listed("users", result.fallback, len(result.items))
-    name = await record_list(svc, "users", served.version, CHAMPION, result, page, query,
+    name = await record_list(svc, "users", served.version, variant, result, page, query,
                              user_id=None if user_id in svc.erased else user_id)
     return user_list_json(served.version, engine, result, user_id, filters,
                           cursor_after(served, page, result, query.n), name)

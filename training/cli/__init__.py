@@ -20,7 +20,7 @@ app = typer.Typer(
 
 # Each module adds its verbs to ``app`` through ``register(app)``.
 _VERB_MODULES = ("store_cmds", "demo_cmd", "train_cmds", "report_cmd", "serve_cmds", "quickstart_cmd", "card_cmd",
-                "online_cmds")
+                "online_cmds", "experiment_cmds")
 
 
 def _register_all() -> None:
