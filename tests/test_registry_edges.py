@@ -20,6 +20,7 @@ import mlflow
 import pytest
 
 from recsys.home import REGISTERED_MODEL, EngineHome
+from tests.demo_store import describe, run_cli
 from tests.robustness_fixtures import recsys
 from tests.serving_fixtures import ROOT, register_version, rules_data, write_bundle
 from training import abandoned_runs, registry
@@ -58,8 +59,9 @@ def artifacts_of(home: EngineHome, version: str) -> Path:
 
 
 def champion_of(home: EngineHome) -> str:
-    result = run("models", "--home", str(home.root), "--json")
-    assert result.returncode == 0, result.stderr
+    """What ``recsys models --json`` calls champion (in this process: it only reads a sound store)."""
+    result = run_cli("models", "--home", str(home.root), "--json")
+    assert result.exit_code == 0, describe(result)
     return next(v["version"] for v in json.loads(result.stdout)["versions"] if "champion" in v["aliases"])
 
 
