@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 import warnings
@@ -196,8 +197,10 @@ def test_any_id_is_addressable_in_the_path(client, user):
 
 def test_response_shape(client):
     body = recommend(client, "u2", n=3, at=iso(T0))
-    assert set(body) == {"user_id", "model_version", "generated_at", "fallback", "items", "next_cursor"}
+    assert set(body) == {"user_id", "model_version", "generated_at", "fallback", "items", "next_cursor",
+                         "recommendation_id", "variant"}
     assert body["model_version"].startswith("local-")
+    assert re.fullmatch(r"[0-9a-f]{32}", body["recommendation_id"]) and body["variant"] == "champion"
     assert set(body["items"][0]) == {"item_id", "title", "kind", "category", "score", "reason", "editorial",
                                      "starts_at", "ends_at", "venue_id", "region_code", "lat", "lon", "is_free",
                                      "provider", "full", "distance_km"}
