@@ -9,7 +9,9 @@ The data is made so that a recommender and a planner have real structure to find
 * a few segment effects (district x age band -> category) are planted and written to
   ``ground_truth.json`` so that a demand report can be checked against the truth;
 * interactions follow a funnel (view -> click -> favorite / reserve -> attend, some
-  shares and ratings) and happen only while an item is live and the user is registered.
+  shares and ratings) and happen only while an item is live and the user is registered;
+* residents' requests (点单) with two planted patterns, and the menu of programmes they can
+  ask for (:mod:`democloud.requests`).
 
 Everything is vectorised numpy (no per-interaction Python) so that a million users and
 twenty million interactions take minutes, and the polars frames are built from arrays.
@@ -22,13 +24,14 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import polars as pl
 
+from democloud.requests import menu_frame, plant_requests, without_opera
 from features import schemas
 from features.districts import DISTRICTS
 from recsys.contract import ACTIONS, AGE_BANDS
@@ -100,6 +103,10 @@ class DemoData:
     items: pl.DataFrame
     interactions: pl.DataFrame
     ground_truth: dict
+    programmes: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=schemas.ITEMS))
+    """The menu (菜单): catalogue rows of kind ``programme``, a provider file of their own."""
+    requests: pl.DataFrame = field(default_factory=pl.DataFrame)
+    """Residents' requests (点单), the data contract's requests file."""
 
 
 # --------------------------------------------------------------------------- content tables
@@ -299,7 +306,11 @@ def generate(config: DemoConfig, *, progress: Progress | None = None) -> DemoDat
     interactions = _interactions_frame(events, users_frame["user_id"], items_frame["item_id"])
     log.info("generated %d users, %d items, %d interactions", users_frame.height, items_frame.height,
              interactions.height)
-    return DemoData(users_frame, items_frame, interactions, ground_truth(config, window.end_date))
+    # after the log is drawn: moving a district's few opera items leaves every other draw as it was
+    items_frame, no_opera = without_opera(items_frame, users_frame)
+    requests, planted = plant_requests(users_frame, window.end_date, TIMEZONE, config.seed, CATEGORIES, no_opera)
+    truth = ground_truth(config, window.end_date) | {"requests": planted}
+    return DemoData(users_frame, items_frame, interactions, truth, programmes=menu_frame(), requests=requests)
 
 
 def write_demo(data: DemoData, out_dir: Path) -> dict[str, Path]:
@@ -311,9 +322,14 @@ def write_demo(data: DemoData, out_dir: Path) -> dict[str, Path]:
         "items": out_dir / "items.parquet",
         "interactions": out_dir / "interactions.parquet",
         "ground_truth": out_dir / "ground_truth.json",
+        "programmes": out_dir / "programmes.parquet",
+        "requests": out_dir / "requests.csv",
     }
-    for name in ("users", "items", "interactions"):
+    for name in ("users", "items", "interactions", "programmes"):
         _atomic_parquet(getattr(data, name), paths[name])
+    tmp_requests = paths["requests"].with_suffix(".csv.tmp")
+    data.requests.write_csv(tmp_requests)
+    tmp_requests.replace(paths["requests"])
     tmp = paths["ground_truth"].with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data.ground_truth, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     tmp.replace(paths["ground_truth"])

@@ -2,7 +2,8 @@
 
 ``build_demo_home(root)`` generates the synthetic Beijing data set and puts it in
 ``root/store`` the way production does: ``features.ingest.ingest`` over the files
-``recsys demo-data`` writes. ``via_ingest=False`` instead writes the stored tables directly
+``recsys demo-data`` writes (residents' requests and the menu of programmes included).
+``via_ingest=False`` instead writes the stored tables directly
 under the store's commit rule (data file named after an ingest id, committed by its line in
 ``ingest_log.jsonl``), for tests that must not depend on ingest. Either way the store reads
 back through ``features.store`` exactly as training sees it.
@@ -120,9 +121,11 @@ def build_demo_home(root: Path, config: DemoConfig = DEMO, *, via_ingest: bool =
         from features.ingest import ingest
 
         paths = write_demo(data, root / "demo")
-        summary = ingest(home, interactions=paths["interactions"], users=paths["users"], items=paths["items"])
-        if not summary.committed:
-            raise RuntimeError(f"demo ingest did not commit: {summary.to_dict()}")
+        summary = ingest(home, interactions=paths["interactions"], users=paths["users"], items=paths["items"],
+                         requests=paths["requests"])
+        menu = ingest(home, items=paths["programmes"])  # the bureau's menu: a provider file of its own
+        if not (summary.committed and menu.committed):
+            raise RuntimeError(f"demo ingest did not commit: {summary.to_dict()} {menu.to_dict()}")
     else:
         write_store_directly(home, data)
     return DemoHome(root=root, data=data, via_ingest=via_ingest)

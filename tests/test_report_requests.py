@@ -17,6 +17,7 @@ import pytest
 from features import schemas
 from features.ingest import ingest
 from recsys.home import EngineHome
+from tests.demo_store import TrainedDemo
 from training.report import write_report
 
 END = datetime(2026, 10, 31, 12, tzinfo=UTC)
@@ -102,3 +103,25 @@ def test_programmes_and_answers(report: Path) -> None:
     assert row["median_days_to_answer"] == 7.0  # the 音乐 item started a week after the requests
     html = (report / "report.html").read_text(encoding="utf-8")
     assert 'id="requests"' in html and "点了却没有" in html
+
+
+def test_planted_requests_top_their_districts_asked_for_not_offered(trained_demo: TrainedDemo, tmp_path: Path) -> None:
+    """On the demo cloud (ingested with its requests file and menu), each planted pattern is the first
+    "asked for, not offered" cell of its district in the report's files, and the menu programme leads
+    its district's requested programmes."""
+    out = write_report(trained_demo.home, tmp_path / "report", min_users=MIN_USERS).out_dir
+    demand = pl.read_parquet(out / "request_demand.parquet")
+    programmes = pl.read_parquet(out / "requested_programmes.parquet")
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    patterns = trained_demo.demo.data.ground_truth["requests"]
+    assert {p["pattern"] for p in patterns} == {"asked_not_offered", "menu_programme"}
+    for pattern in patterns:
+        code = pattern["region_code"]
+        listed = demand.filter((pl.col("region_code") == code) & pl.col("asked_not_offered")).sort("rank")
+        top = listed.row(0, named=True)
+        assert top["category"] == pattern["category"] and top["supply_items"] == 0, (pattern, listed)
+        assert top["requesters"] >= pattern["requesters"]  # the background's few may ask for it too
+        assert summary["regions"][code]["requests"]["asked_not_offered"][0]["category"] == pattern["category"]
+        if pattern["item_id"] is not None:
+            own = programmes.filter(pl.col("region_code") == code).sort("rank")
+            assert own.row(0, named=True)["item_id"] == pattern["item_id"]

@@ -1,7 +1,8 @@
 """Residents' requests (点单): ingest, the API, k-anonymous district counts, and answering.
 
 The answering acceptance runs on a copy of the shared trained demo home: a rural senior asks
-for 戏曲 in a district whose venues offer none; an opera item in that district arrives through
+for 戏曲 in a district whose venues offer none (where the demo's seniors already asked for it);
+an opera item in that district arrives through
 ``recsys ingest``, the model is retrained and reloaded, and the item is in the resident's top
 10 with the request's reason while the request reads ``matched``.
 """
@@ -55,19 +56,25 @@ def test_ingest_keeps_one_request_per_user_and_target_and_forgets_erased_users(t
 
 @pytest.fixture
 def rural_opera(trained_demo_copy: Path) -> dict:
-    """A rural district without any opera item, and one of its senior residents."""
+    """The demo's rural district without any opera item, whose seniors asked for it (the planted
+    pattern), and seniors of it who have not asked yet."""
     home = EngineHome.at(trained_demo_copy)
     items = pl.read_parquet(home.items)
     users = pl.read_parquet(home.users)
+    planted = pl.read_parquet(home.requests)
     with_opera = set(items.filter(pl.col("category") == OPERA)["region_code"].drop_nulls().to_list())
     rural = (users.filter(pl.col("area_type") == "rural").group_by("region_code").len()
              .filter(~pl.col("region_code").is_in(sorted(with_opera))).sort("len", descending=True))
     assert rural.height, "the demo cloud has a rural district without opera"
     region = rural["region_code"][0]
-    senior = users.filter((pl.col("region_code") == region) & (pl.col("age_band") == "60+")).sort("user_id")
+    asked = planted.filter((pl.col("region_code") == region) & (pl.col("category") == OPERA))["user_id"]
+    assert asked.n_unique() >= 10, "the demo's seniors there asked for opera"
+    senior = users.filter((pl.col("region_code") == region) & (pl.col("age_band") == "60+")
+                          & ~pl.col("user_id").is_in(planted["user_id"].implode())).sort("user_id")
     placed = items.filter((pl.col("region_code") == region) & pl.col("lat").is_not_null())
     return {"root": trained_demo_copy, "home": home, "region": region, "user": senior["user_id"][0],
-            "lat": float(placed["lat"].mean()), "lon": float(placed["lon"].mean()), "others": senior["user_id"][1:12]}
+            "asked": asked.n_unique(), "lat": float(placed["lat"].mean()), "lon": float(placed["lon"].mean()),
+            "others": senior["user_id"][1:12]}
 
 
 def test_a_request_is_answered_by_a_new_item_after_ingest_and_retraining(rural_opera: dict) -> None:
@@ -83,12 +90,16 @@ def test_a_request_is_answered_by_a_new_item_after_ingest_and_retraining(rural_o
         again = client.post("/v1/requests", json=body)
         assert again.status_code == 200 and again.json()["request_id"] == first.json()["request_id"]
         assert client.post("/v1/requests", json={"user_id": user, "region_code": region}).status_code == 422
-        counts = client.get(f"/v1/regions/{region}/requests").json()
-        assert counts["targets"][0]["suppressed"] and counts["targets"][0]["requesters"] is None
+        opera = client.get(f"/v1/regions/{region}/requests").json()["targets"][0]
+        assert opera["category"] == OPERA and opera["requesters"] == rural_opera["asked"] + 1
+        dance = {"user_id": rural_opera["others"][0], "region_code": region, "category": "舞蹈"}
+        assert client.post("/v1/requests", json=dance).status_code == 201
+        fresh = [t for t in client.get(f"/v1/regions/{region}/requests").json()["targets"] if t["category"] == "舞蹈"]
+        assert fresh and fresh[0]["suppressed"] and fresh[0]["requesters"] is None  # one of fewer than k residents
         for other in rural_opera["others"]:
             client.post("/v1/requests", json={**body, "user_id": other})
         shown = client.get(f"/v1/regions/{region}/requests").json()["targets"][0]
-        assert shown["requesters"] == 1 + len(rural_opera["others"]) and not shown["suppressed"]
+        assert shown["requesters"] == rural_opera["asked"] + 1 + len(rural_opera["others"]) and not shown["suppressed"]
 
     start = datetime.now(UTC) + timedelta(days=3)
     item = {"item_id": "op-answer-1", "title": "京剧《锁麟囊》进乡村", "kind": "opera", "category": OPERA,

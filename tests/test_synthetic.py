@@ -243,8 +243,10 @@ def test_rural_users_are_served(default_size: DemoData) -> None:
 
 def test_write_demo_round_trips(tmp_path, small: DemoData) -> None:
     paths = write_demo(small, tmp_path / "demo")
-    assert set(paths) == {"users", "items", "interactions", "ground_truth"}
+    assert set(paths) == {"users", "items", "interactions", "ground_truth", "programmes", "requests"}
     assert pl.read_parquet(paths["interactions"]).equals(small.interactions)
+    assert pl.read_parquet(paths["programmes"]).equals(small.programmes)
+    assert pl.read_csv(paths["requests"], infer_schema=False).equals(small.requests)
     assert pl.read_parquet(paths["items"]).equals(small.items)
     assert pl.read_parquet(paths["users"]).equals(small.users)
     truth = json.loads(paths["ground_truth"].read_text(encoding="utf-8"))
@@ -253,6 +255,7 @@ def test_write_demo_round_trips(tmp_path, small: DemoData) -> None:
     assert {"region_code", "region_name", "age_band", "category", "multiplier"} <= set(truth["effects"][0])
     assert {(e["region_code"], e["category"]) for e in truth["effects"]} == {
         (e.region_code, e.category) for e in EFFECTS}
+    assert {p["pattern"] for p in truth["requests"]} == {"asked_not_offered", "menu_programme"}
     assert not list((tmp_path / "demo").glob("*.tmp"))
 
 
@@ -269,7 +272,7 @@ def test_cli_writes_the_files_and_a_json_summary(tmp_path) -> None:
     assert summary["users"] == 400 and summary["items"] == 60 and summary["end_date"] == "2025-06-30"
     assert summary["interactions"] == pl.read_parquet(out / "interactions.parquet").height > 0
     assert {p.name for p in out.iterdir()} == {"users.parquet", "items.parquet", "interactions.parquet",
-                                               "ground_truth.json"}
+                                               "ground_truth.json", "programmes.parquet", "requests.csv"}
 
 
 def test_cli_rejects_a_bad_end_date(tmp_path) -> None:

@@ -1,7 +1,9 @@
 """``recsys demo-data``: write a synthetic Beijing cultural-cloud data set to try the engine on.
 
 Writes ``users.parquet``, ``items.parquet``, ``interactions.parquet`` (the stored schemas,
-ready for ingest) and ``ground_truth.json`` (the planted segment effects a demand report
+ready for ingest), ``programmes.parquet`` (the menu, items of kind ``programme``),
+``requests.csv`` (residents' requests, for ``recsys ingest --requests``) and
+``ground_truth.json`` (the planted segment effects and request patterns a demand report
 should find). Large runs show progress on stderr; the summary goes to stdout.
 """
 

@@ -1,8 +1,8 @@
 """``recsys quickstart``: the main job on the embedded default, from nothing to a running API.
 
-demo data -> validated ingest -> train + register + promote -> planner report -> API on
-127.0.0.1:8000. Everything lives in the engine home (local files + a SQLite MLflow store):
-no server to install.
+demo data (residents' requests and the menu included) -> validated ingest -> train +
+register + promote -> planner report -> API on 127.0.0.1:8000. Everything lives in the engine
+home (local files + a SQLite MLflow store): no server to install.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def quickstart_cmd(
         paths = write_demo(generate(config), demo_dir)
         status.update("[bold]ingesting")
         ingested = ingest(engine_home, interactions=paths["interactions"], users=paths["users"],
-                          items=paths["items"])
+                          items=paths["items"], requests=paths["requests"])
+        ingest(engine_home, items=paths["programmes"])  # the bureau's menu (菜单), its own provider file
         summary["ingest"] = ingested.to_dict()
         status.update("[bold]training")
         # a quickstart run again on the same home retrains on purpose: no "nothing to do" check
