@@ -105,6 +105,11 @@ class EngineHome:
         return self.root / "serving" / "experiment.json"
 
     @property
+    def list_failures(self) -> Path:
+        """Failed list requests per variant, one file per server process (:mod:`recsys.list_failures`)."""
+        return self.root / "serving" / "list_failures"
+
+    @property
     def lock(self) -> Path:
         return self.store / ".writer.lock"
 

@@ -38,6 +38,7 @@ from serving.docs import install_docs
 from serving.experiment import ExperimentFollower, challenger_loader
 from serving.exposures import ExposureLog
 from serving.follower import PeerFollower
+from serving.list_failures import ListFailureLog
 from serving.live import LiveInteractions
 from serving.live_items import LiveItems
 from serving.metrics import Metrics
@@ -126,6 +127,7 @@ def build_services(settings: ServingSettings) -> Services:
         exposures=ExposureLog(home.exposure_lines, enabled=settings.exposure_log),
         items=items,
         experiment=_experiment(settings, home, holder),
+        list_failures=ListFailureLog(home.list_failures),
     )
 
 
@@ -195,6 +197,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await services.items.stop()
         services.segments.close()
         services.exposures.close()
+        services.list_failures.close()
         blas.restore_original_limits()
 
 

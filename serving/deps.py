@@ -21,6 +21,7 @@ from serving.config import ServingSettings
 from serving.erasure import ErasedUsers
 from serving.experiment import ExperimentFollower
 from serving.exposures import ExposureLog
+from serving.list_failures import ListFailureLog
 from serving.live import LiveInteractions
 from serving.live_items import LiveItems
 from serving.metrics import Metrics
@@ -54,6 +55,8 @@ class Services:
     """The catalogue written through the API, and full events (:mod:`serving.live_items`)."""
     experiment: ExperimentFollower
     """The A/B test this process follows and its challenger (:mod:`serving.experiment`)."""
+    list_failures: ListFailureLog
+    """Failed list requests per variant, on record for the guardrail (:mod:`serving.list_failures`)."""
 
 
 async def services(request: Request) -> Services:

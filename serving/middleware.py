@@ -17,9 +17,12 @@ Every request passes, outermost first (the order :func:`install` registers them 
    ``HEAD`` passes every check its ``GET`` would;
 6. :class:`BodySizeLimit`: the body-size cap, inside metrics so its 413s are counted, and
    around everything that reads a body;
-7. :class:`ErasedAsUnknown`: innermost, next to the router, so the recommendations route of
+7. :class:`ErasedAsUnknown`: next to the router, so the recommendations route of
    an erased user is rewritten after every check and the outer layers (metrics) see the
-   route the router matched.
+   route the router matched;
+8. :class:`serving.list_failures.ListFailures`: innermost, so it sees which route a
+   failed request matched (refusals of the guard never reach it) and the handler's own
+   exception before the app turns it into a 500.
 
 Routes then check the key's scope (:class:`~serving.deps.RequireScope`). All of them are
 pure ASGI (no per-request task, no body buffering except where an answer is rewritten).
@@ -43,6 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving.auth import API_KEY_HEADER
 from serving.erasure import ErasedUsers
 from serving.guard import Guard
+from serving.list_failures import ListFailures
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.refusals import send_json
 
@@ -65,6 +69,7 @@ def install(app: FastAPI, *, erased: ErasedUsers, max_body_bytes: int, routes: C
     Starlette wraps each middleware added around the ones added before it, so they are
     added innermost first.
     """
+    app.add_middleware(ListFailures)
     app.add_middleware(ErasedAsUnknown, erased=erased)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(ImplicitMethods, routes=routes)

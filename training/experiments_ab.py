@@ -11,8 +11,11 @@ attendance per list are reported beside it.
 Guardrails (evaluated here, so a scheduled ``recsys experiment report`` is the watchdog): once
 the challenger served ``min_lists`` lists, the experiment is stopped by itself when the
 challenger's empty-list rate exceeds ``max_empty_rate``, its rural/urban click-through ratio
-falls below ``min_rural_urban_ctr_ratio``, or its error rate (failed list requests reported
-by the servers' ``recsys_variant_errors``, passed in by the caller) exceeds ``max_error_rate``.
+falls below ``min_rural_urban_ctr_ratio``, or its error rate exceeds ``max_error_rate``: failed
+list requests are those the servers put on record per variant (:mod:`recsys.list_failures`,
+written by :mod:`serving.list_failures`) within the experiment's span, plus any the caller
+passes in (servers of another home); the rate is failures / (lists + failures), and a
+challenger failing every request counts towards ``min_lists`` with its failures.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from recsys.experiment import (
     write_state,
 )
 from recsys.home import EngineHome
+from recsys.list_failures import count_failures
 from training.online_report import store_frame
 
 log = logging.getLogger(__name__)
@@ -127,10 +131,12 @@ def guardrail_breach(frame: pl.DataFrame, guardrails: Guardrails, errors: int = 
     """Why the challenger must stop, or None."""
     challenger = frame.filter(pl.col("variant") == CHALLENGER)
     lists = int(challenger["lists"].sum())
-    if lists < guardrails.min_lists:
+    if lists + errors < guardrails.min_lists:
         return None
     if errors / (lists + errors) > guardrails.max_error_rate:
         return f"error rate {errors / (lists + errors):.2%} above {guardrails.max_error_rate:.2%}"
+    if lists < guardrails.min_lists:
+        return None
     empty = int(challenger["empty"].sum()) / lists
     if empty > guardrails.max_empty_rate:
         return f"empty-list rate {empty:.2%} above {guardrails.max_empty_rate:.2%}"
@@ -147,14 +153,25 @@ def _ratio(frame: pl.DataFrame) -> float:
     return int(frame["clicks"].sum()) / shown if shown else math.nan
 
 
+def failed_lists(home: EngineHome, state: ExperimentState) -> dict[str, int]:
+    """Failed list requests per variant the servers recorded during ``state``'s experiment."""
+    until = datetime.fromisoformat(state.stopped_at) if state.stopped_at is not None else None
+    counts = count_failures(home.list_failures, datetime.fromisoformat(state.started_at), until)
+    return {variant: int(counts.get(variant, 0)) for variant in (CHAMPION, CHALLENGER)}
+
+
 def report(home: EngineHome, *, seed: int = 0, errors: int = 0, enforce: bool = True) -> dict[str, Any]:
-    """The experiment's report; a tripped guardrail stops a running experiment (``enforce``)."""
+    """The experiment's report; a tripped guardrail stops a running experiment (``enforce``).
+
+    ``errors``: failed challenger list requests not on record in this home, added to those that are.
+    """
     state = read_state(home.experiment)
     if state is None:
         raise ValueError("no experiment has been started in this home")
     frame = units(home, state)
     metrics = compare_units(frame, seed)
-    breach = guardrail_breach(frame, state.guardrails, errors)
+    failed = failed_lists(home, state)
+    breach = guardrail_breach(frame, state.guardrails, failed[CHALLENGER] + errors)
     if breach is not None and state.running and enforce:
         log.warning("guardrail tripped, stopping experiment %s: %s", state.experiment_id, breach)
         state = stopped(state, f"guardrail: {breach}")
@@ -163,4 +180,4 @@ def report(home: EngineHome, *, seed: int = 0, errors: int = 0, enforce: bool = 
     return {"experiment": state.model_dump(), "users": {v: int((frame["variant"] == v).sum())
                                                          for v in (CHAMPION, CHALLENGER)},
             "metrics": metrics, "verdict": primary["verdict"], "users_needed": primary["users_needed"],
-            "guardrail": breach}
+            "failed_lists": failed, "guardrail": breach}

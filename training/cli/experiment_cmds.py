@@ -72,7 +72,8 @@ def stop_cmd(promote: Annotated[bool, typer.Option("--promote", help="Make the c
 @experiment_app.command("report")
 def report_cmd(seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed")] = 0,
                errors: Annotated[int, typer.Option("--errors", min=0,
-                                                   help="Failed challenger list requests (from Prometheus)")] = 0,
+                                                   help="Failed challenger list requests not on record in this "
+                                                        "home (its servers' are counted already)")] = 0,
                home: HomeOption = None, as_json: JsonOption = False) -> None:
     """Per-variant metrics with 95% intervals, the difference, the verdict; enforces the guardrails."""
     from training.experiments_ab import report
@@ -94,5 +95,8 @@ def _render_report(summary: dict[str, Any]) -> None:
     needed = summary["users_needed"]
     out.print(f"verdict: challenger {summary['verdict']}"
               + (f" (about {needed} more users per arm needed)" if needed else ""), markup=False)
+    failed = summary["failed_lists"]
+    out.print(f"failed list requests: champion {failed['champion']}, challenger {failed['challenger']}",
+              markup=False)
     if summary["guardrail"]:
         out.print(f"guardrail tripped: {summary['guardrail']}", markup=False)
