@@ -124,6 +124,8 @@ def synthetic_catalog(n: int, rng: np.random.Generator):
     one_evening = np.isin(kind, [KINDS.index("event"), KINDS.index("opera"), KINDS.index("film")])
     ends = np.where(one_evening, NOW + rng.uniform(-10, 60, n) * 86400, np.nan)
     category = rng.integers(0, len(CATEGORIES), n)
+    # what a list item renders: start times (digital items have none), venues, providers, prices
+    starts = np.where(digital, np.nan, NOW + rng.uniform(-30, 60, n) * 86400)
     return Catalog.from_columns(
         [f"it{i:06d}" for i in range(n)],
         title=[f"《活动{i}》" for i in range(n)],
@@ -133,8 +135,12 @@ def synthetic_catalog(n: int, rng: np.random.Generator):
         tags=[[CATEGORIES[c] + "·" + str(i % 7)] for i, c in enumerate(category)],
         lat=[None if np.isnan(v) else float(v) for v in lat],
         lon=[None if np.isnan(v) else float(v) for v in lon],
+        starts_at=[None if np.isnan(v) else float(v) for v in starts],
         ends_at=[None if np.isnan(v) else float(v) for v in ends],
         hidden=(rng.random(n) < 0.01).tolist(),
+        venue=[None if digital[i] else f"v{i % 997:04d}" for i in range(n)],
+        provider=[f"{REGIONS[i % len(REGIONS)]}文化馆" for i in range(n)],
+        is_free=(rng.random(n) < 0.7).tolist(),
     )
 
 
@@ -296,16 +302,17 @@ def write_payload(workdir: Path, bundle: Path) -> None:
     from recsys.bundle import ModelBundle
     from recsys.delivery import DeliveryEngine
     from recsys.query import Filters
+    from serving.encode import user_list_json
+    from serving.paging import encode_cursor
 
     engine = DeliveryEngine(ModelBundle.load(bundle))
     user = "u0000001"
-    result = engine.for_user(user, 10, Filters(at=time.time()))
-    catalog = engine.catalog
-    body = {"user_id": user, "model_version": "local-000000000000", "generated_at": "2026-11-20T11:30:00.000+00:00",
-            "fallback": None, "items": [
-                {"item_id": r.item_id, "title": catalog.title[r.item], "kind": catalog.kind_name(r.item),
-                 "category": catalog.category_name(r.item), "score": round(r.score, 6), "reason": r.reason}
-                for r in result.items]}
+    filters = Filters(at=time.time())
+    result = engine.for_user(user, 10, filters)
+    # the API's own body for this list (every field an item carries), as the bare endpoint's
+    version = "local-000000000000"
+    cursor = encode_cursor(version, filters.at, [r.item for r in result.items])
+    body = json.loads(user_list_json(version, engine, result, user, filters, cursor).body)
     (workdir / "payload.json").write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
 
 

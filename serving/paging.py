@@ -12,16 +12,15 @@ in a short URL) ``next_cursor`` is null, as it is when a page comes back short. 
 names the model version it was made under; under another version the indices would name
 other items, so it is refused (422) and the app starts again without one.
 
-The cursor is ``base64url(zlib(json))`` of ``[format, version, moment, shown indices as
-deltas]``: opaque to apps (they pass it back as is), readable to an operator, and about 300
-characters at the bound.
+The cursor is ``base64url`` of ``format|version|moment|shown indices as deltas``, deflated
+once it is long: opaque to apps (they pass it back as is), readable to an operator, about
+70 characters after a page of 10 and 450 at the bound.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import math
 import zlib
@@ -35,6 +34,9 @@ MAX_LISTED = 200
 MAX_CURSOR_LENGTH = 4096
 """Longest cursor read (a cursor made here stays far below)."""
 FORMAT = 1
+PLAIN, ZLIB = b"j", b"z"
+"""The cursor's first byte: the JSON as it is, or deflated (longer lists)."""
+COMPRESS_ABOVE = 240
 
 
 class BadCursor(ValueError):
@@ -52,9 +54,11 @@ class Page:
 def encode_cursor(version: str, at: float, shown: Sequence[int]) -> str:
     """The opaque cursor continuing a list after ``shown`` (catalogue indices)."""
     ordered = sorted(set(shown))
-    deltas = [b - a for a, b in zip([0, *ordered], ordered, strict=False)]
-    raw = json.dumps([FORMAT, version, at, deltas], separators=(",", ":")).encode("utf-8")
-    return base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode("ascii").rstrip("=")
+    deltas = ",".join(str(b - a) for a, b in zip([0, *ordered], ordered, strict=False))
+    raw = f"{FORMAT}|{version}|{at!r}|{deltas}".encode()
+    # zlib only where it pays: its setup costs more CPU than a whole first page's cursor is worth
+    packed = ZLIB + zlib.compress(raw, 6) if len(raw) > COMPRESS_ABOVE else PLAIN + raw
+    return base64.urlsafe_b64encode(packed).decode("ascii").rstrip("=")
 
 
 def decode_cursor(cursor: str, version: str, n_items: int) -> Page:
@@ -62,12 +66,16 @@ def decode_cursor(cursor: str, version: str, n_items: int) -> Page:
     if len(cursor) > MAX_CURSOR_LENGTH:
         raise BadCursor("longer than any cursor this API makes")
     try:
-        raw = zlib.decompressobj().decompress(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)),
-                                              1 << 16)
-        form, made_for, at, deltas = json.loads(raw)
-    except (binascii.Error, zlib.error, ValueError, TypeError, UnicodeDecodeError):
+        packed = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        raw = zlib.decompressobj().decompress(packed[1:], 1 << 16) if packed[:1] == ZLIB else (
+            packed[1:] if packed[:1] == PLAIN else b"")
+        form, rest = raw.decode("utf-8").split("|", 1)
+        made_for, moment, listed = rest.rsplit("|", 2)  # the version may hold "|", the rest cannot
+        at = float(moment)
+        deltas = [int(d) for d in listed.split(",")] if listed else []
+    except (binascii.Error, zlib.error, ValueError, UnicodeDecodeError):
         raise BadCursor("not a cursor of this API (pass next_cursor back as it came)") from None
-    if form != FORMAT or not isinstance(made_for, str) or not _is_moment(at) or not _are_deltas(deltas):
+    if form != str(FORMAT) or not math.isfinite(at) or not _are_deltas(deltas):
         raise BadCursor("not a cursor of this API (pass next_cursor back as it came)")
     if made_for != version:
         raise BadCursor(f"made for model version {made_for!r}, and {version!r} is served now: the list changed, "
@@ -75,7 +83,7 @@ def decode_cursor(cursor: str, version: str, n_items: int) -> Page:
     shown = tuple(_running_sum(deltas))
     if shown and shown[-1] >= n_items:
         raise BadCursor("names items the served catalogue does not hold")
-    return Page(at=float(at), shown=shown)
+    return Page(at=at, shown=shown)
 
 
 def next_cursor(version: str, page: Page, listed: Sequence[int], n: int) -> str | None:
@@ -87,14 +95,8 @@ def next_cursor(version: str, page: Page, listed: Sequence[int], n: int) -> str 
     return encode_cursor(version, page.at, shown)
 
 
-def _is_moment(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _are_deltas(value: object) -> bool:
-    return (isinstance(value, list) and len(value) <= MAX_LISTED
-            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
-            and all(d > 0 for d in value[1:]))
+def _are_deltas(value: list[int]) -> bool:
+    return len(value) <= MAX_LISTED and all(d >= 0 for d in value[:1]) and all(d > 0 for d in value[1:])
 
 
 def _running_sum(deltas: list[int]) -> list[int]:
