@@ -3,7 +3,8 @@
 Used by the API and by batch ``recsys recommend`` alike, so the rules hold everywhere:
 
 - never an item the user already engaged with (any interaction in their history, live
-  ones included), never a hidden item, never an item whose ``ends_at`` is before ``at``;
+  ones included; the repeat policy may let light engagement lapse, :mod:`recsys.repeats`),
+  never a hidden item, never an item whose ``ends_at`` is before ``at``;
   events far in the future are allowed;
 - with a place and radius: offline items beyond the radius are dropped, items without a
   place (digital) stay unless ``kind`` excludes them;
@@ -42,7 +43,7 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from recsys import audience, editorial, exposure, feedback, senior
+from recsys import audience, editorial, exposure, feedback, repeats, senior
 from recsys.ann import approximate_top_n
 from recsys.bundle import ModelBundle
 from recsys.candidates import NOT_ANCHORED, Candidates
@@ -51,7 +52,7 @@ from recsys.models.base import PopularityScores, TrainingData
 from recsys.models.popularity import PopularityModel
 from recsys.profile import any_tag_mask
 from recsys.query import Filters, RecommendationList, Recommended, UnknownItem, UnknownRegion, UserContext
-from recsys.ranking import SPREAD_AT, mmr, top_k, top_k_batch, with_category_bests
+from recsys.ranking import DEFAULT_DIVERSITY, SPREAD_AT, mmr, top_k, top_k_batch, with_category_bests
 from recsys.reasons import Reasons, anchor_codes
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class DeliveryEngine:
         self.controls = bundle.settings.controls
         self.pool = np.flatnonzero(bundle.catalog.editorial)
         """The editorial pool (item indices)."""
+        self.returns = bundle.returns
+        """When engaged pairs may be listed again (:mod:`recsys.repeats`); None: never."""
         self._restricted: dict[str | None, np.ndarray | None] = {}
         self._facets: sp.csr_matrix | None = None
         self.floors = exposure.served_floors(bundle.settings.exposure, bundle.manifest, bundle.catalog, bundle.users)
@@ -145,7 +148,7 @@ class DeliveryEngine:
         return to_confidence(weights, s.confidence, s.alpha)
 
     # ---- per user --------------------------------------------------------------------
-    def for_user(self, user_id: str, n: int, filters: Filters, *, diversity: float = 0.2,
+    def for_user(self, user_id: str, n: int, filters: Filters, *, diversity: float = DEFAULT_DIVERSITY,
                  context: UserContext | None = None, region: str | None = None) -> RecommendationList:
         context = context or UserContext()
         controls = context.controls
@@ -166,7 +169,7 @@ class DeliveryEngine:
                     filters, restricted, self.bundle.weights.indices[start:end]), history)
         index, weights = self.history(user_id, context)
         allowed = self.allowed(filters, restricted)
-        allowed[weights.indices] = False
+        allowed[repeats.kept_out(weights.indices, self.returns, index, filters.at, context.live_weights.keys())] = False
         if dismissed:
             allowed &= ~self._left_out(dismissed, filters.at)
         scoring = weights
@@ -319,6 +322,9 @@ class DeliveryEngine:
             return None
         items, scores = candidates.row(index)
         keep = self._allowed_among(items, filters)
+        waiting = repeats.still_out(self.returns, index, filters.at)
+        if len(waiting):  # the lists leave out only what never returns (recsys.repeats)
+            keep &= ~np.isin(items, waiting)
         if restricted is not None:
             keep &= ~restricted[items]
         needed = self._pool_size(n, diversity)
@@ -436,7 +442,7 @@ class DeliveryEngine:
 
     # ---- per region ------------------------------------------------------------------
     def for_region(self, region: str, n: int, filters: Filters, *, age_band: str | None = None,
-                   diversity: float = 0.2) -> RecommendationList:
+                   diversity: float = DEFAULT_DIVERSITY) -> RecommendationList:
         """A district's pooled taste (its users' histories, each normalised) plus its popularity."""
         if region not in self.users.regions and region not in self.catalog.regions:
             raise UnknownRegion(region)
@@ -496,7 +502,7 @@ class DeliveryEngine:
         for positions, restricted in self._audience_groups(rows):
             allowed = available & ~restricted if restricted is not None else available
             rank = self._approximate_rows if self.ann is not None else self._exact_rows
-            items[positions], values[positions] = rank(rows[positions], n, allowed, batch_size)
+            items[positions], values[positions] = rank(rows[positions], n, allowed, batch_size, at)
         return items, values
 
     def with_editorial_rows(self, rows: np.ndarray, items: np.ndarray, values: np.ndarray,
@@ -536,8 +542,12 @@ class DeliveryEngine:
             groups.append((np.flatnonzero(free), None))
         return groups
 
+    def _kept_out_rows(self, rows: np.ndarray, weights: sp.csr_matrix, at: float) -> sp.csr_matrix:
+        """What the lists of ``rows`` (histories ``weights``) leave out at ``at`` (:mod:`recsys.repeats`)."""
+        return repeats.kept_out_rows(weights, self.returns[rows] if self.returns is not None else None, at)
+
     def _exact_rows(self, rows: np.ndarray, n: int, allowed: np.ndarray,
-                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+                    batch_size: int, at: float) -> tuple[np.ndarray, np.ndarray]:
         items = np.full((len(rows), n), -1, dtype=np.int64)
         values = np.full((len(rows), n), np.nan, dtype=np.float32)
         for start in range(0, len(rows), batch_size):
@@ -547,7 +557,7 @@ class DeliveryEngine:
             cold = np.flatnonzero(np.diff(weights.indptr) == 0)
             if len(cold):
                 scores[cold] = self.popularity.score(chunk[cold], weights[cold])
-            best = top_k_batch(scores, n, allowed, exclude=weights)
+            best = top_k_batch(scores, n, allowed, exclude=self._kept_out_rows(chunk, weights, at))
             filled = best >= 0
             picked = np.take_along_axis(scores, np.where(filled, best, 0), axis=1)
             items[start:start + len(chunk)] = best
@@ -555,7 +565,7 @@ class DeliveryEngine:
         return items, values
 
     def _approximate_rows(self, rows: np.ndarray, n: int, allowed: np.ndarray,
-                          batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+                          batch_size: int, at: float) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_exact_rows` through the approximate index (no dense users x catalog scores)."""
         items = np.full((len(rows), n), -1, dtype=np.int64)
         values = np.full((len(rows), n), np.nan, dtype=np.float32)
@@ -566,7 +576,7 @@ class DeliveryEngine:
             if warm.any():
                 history = weights[warm]
                 best, picked = approximate_top_n(self.model, self.ann, chunk[warm], self.confidence(history),
-                                                 allowed, n, exclude=history)
+                                                 allowed, n, exclude=self._kept_out_rows(chunk[warm], history, at))
                 items[start + np.flatnonzero(warm)] = best
                 values[start + np.flatnonzero(warm)] = picked
             cold = np.flatnonzero(~warm)
