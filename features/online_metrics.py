@@ -28,14 +28,14 @@ from datetime import date, datetime, timedelta
 
 import polars as pl
 
-from recsys.attribution import AttributionSettings, Interaction, ServedList, attribute
+from recsys.attribution import SEGMENT_TYPES, AttributionSettings, Interaction, ServedList, attribute
 
 log = logging.getLogger(__name__)
 
 ATTRIBUTED = ("click", "reserve", "attend")
 """The actions credited to lists (the rest of the store is no outcome of a list)."""
 
-SEGMENT_COLUMNS = {"area_type": "area_type", "age_band": "age_band", "district": "district"}
+SEGMENT_COLUMNS = {segment_type: segment_type for segment_type in SEGMENT_TYPES}
 """Segment type -> the column of :func:`list_outcomes` it groups by."""
 
 CELL = ["model_version", "variant", "segment_type", "segment", "day"]

@@ -26,6 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 HOUR = 3600.0
 DAY = 24 * HOUR
 
+SEGMENT_TYPES = ("area_type", "age_band", "district")
+"""The resident segments the online metrics of attributed lists are split by (besides ``all``)."""
+
 
 def _default_windows() -> dict[str, float]:
     return {"click": 24 * HOUR, "reserve": 14 * DAY, "attend": 14 * DAY}

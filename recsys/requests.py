@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
 
 from recsys.catalog import Catalog
 from recsys.contract import MAX_ID_LENGTH, REGION_CODE_PATTERN, parse_timestamp
@@ -57,15 +57,16 @@ class RequestIn(BaseModel):
     kind: str | None = Field(None, min_length=1, max_length=64)
     item_id: str | None = Field(None, min_length=1, max_length=MAX_ID_LENGTH)
     note: str | None = Field(None, max_length=MAX_NOTE)
-    wanted_from: str | float | None = None
-    wanted_until: str | float | None = None
+    # strict: a JSON true/false is not a time (lax parsing would read it as 1970-01-01)
+    wanted_from: StrictStr | StrictFloat | StrictInt | None = None
+    wanted_until: StrictStr | StrictFloat | StrictInt | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> RequestIn:
         if self.item_id is None and self.category is None and self.kind is None:
-            raise ValueError("a request needs a target: category and/or kind, or item_id of a menu programme")
+            raise ValueError("target: a request needs a category and/or kind, or the item_id of a menu programme")
         if self.item_id is not None and (self.category is not None or self.kind is not None):
-            raise ValueError("give either item_id (a menu programme) or category/kind, not both")
+            raise ValueError("target: give either item_id (a menu programme) or category/kind, not both")
         return self
 
 
@@ -109,7 +110,9 @@ def parse_request(row: RequestIn, ts: datetime, timezone: str, request_id: str |
     wanted_from = _time(row.wanted_from, timezone, "wanted_from")
     wanted_until = _time(row.wanted_until, timezone, "wanted_until")
     if wanted_from and wanted_until and wanted_until < wanted_from:
-        raise ValueError("wanted_until is before wanted_from")
+        raise ValueError("wanted_until: before wanted_from")
+    if wanted_until and wanted_until < ts:
+        raise ValueError("wanted_until: the wanted period ended before the request was made")
     target = target_key(row.category, row.kind, row.item_id)
     return Request(request_id or request_id_of(row.user_id, target, ts), row.user_id, row.region_code, row.category,
                    row.kind, row.item_id, row.note or None, wanted_from, wanted_until, ts.astimezone(UTC), source)

@@ -28,6 +28,13 @@ from recsys.appendlog import Shrunk, Tombstone, append_tombstone, read_tombstone
 
 log = logging.getLogger(__name__)
 
+ERASED_DETAIL = "this user was erased on request; nothing is kept for them"
+"""What a write in an erased resident's name is told (409): the engine keeps nothing new for them."""
+ERASED_RESPONSE = {409: {"description": "the user was erased on request", "content": {"application/json": {
+    "example": {"detail": ERASED_DETAIL}}}}}
+"""The 409 as the OpenAPI document states it, for every route that refuses writes for erased residents."""
+
+
 class ErasedUsers:
     """The erased user ids of one engine home, read from and appended to ``tombstones.jsonl``."""
 

@@ -140,7 +140,8 @@ class ExposureLog:
             done.set_result(None)
 
     def close(self) -> None:
-        """Write what is queued, stop the thread and close the segment."""
+        """Write what is queued, stop the thread and close the segment. The log opens again on
+        the next record: an app's lifespan may run more than once in one process."""
         with self._wake:
             self._closing = True
             self._wake.notify()
@@ -148,3 +149,5 @@ class ExposureLog:
         if thread is not None:
             thread.join(timeout=WAIT_SECONDS)
         self.writer.close()
+        with self._wake:
+            self._closing, self._thread = False, None

@@ -42,12 +42,14 @@ from tests.serving_fixtures import KEY_HEADERS, keyed_settings, rules_data, writ
 EXAMPLES = 80
 CROSS_PARAMETER_RULES = ("lat and lon must be given together", "radius_km needs lat and lon", "at: cannot read",
                          "starts_after:", "starts_before:", "cursor:", "kind: unknown kind",
-                         "category: unknown category", "age_band: unknown age_band")
+                         "category: unknown category", "age_band: unknown age_band", "wanted_from:",
+                         "wanted_until:", "target:")
+"""The 422 details a schema-valid request may get (rules across parameters, a time that is not one or
+a wanted period that ended before the request, a cursor this server did not make, a value the served
+catalogue does not hold)."""
 ITEM_RULES = (*(f"{reason.value}:" for reason in Reason), "item_id_mismatch:")
 """The 422 details a schema-valid item write may get: the data contract's value rules (a time that is
 none, a region code that is not 6 digits, an end before the start), which a JSON schema does not state."""
-"""The 422 details a schema-valid request may get (rules across parameters, a time that is not one,
-a cursor this server did not make, a value the served catalogue does not hold)."""
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from recsys.attribution import SEGMENT_TYPES
 from training.report_html import CSS
 
 COLUMNS = (("lists", "lists"), ("impressions", "impressions"), ("click_through", "click-through"),
@@ -42,7 +43,7 @@ def render_online(summary: dict[str, Any]) -> str:
     """The page for a ``summary.json`` document (:mod:`training.online_report`)."""
     cells = summary.get("cells", [])
     sections = []
-    for segment_type in ("area_type", "age_band", "district"):
+    for segment_type in SEGMENT_TYPES:
         rows = [c for c in cells if c.get("segment_type") == segment_type]
         sections.append(f'<h2 id="{segment_type}">by {escape(segment_type)}</h2><div class="card">'
                         + table(rows, ("day", "model_version", "variant", "segment")) + "</div>")

@@ -22,11 +22,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from recsys import controls
 from recsys.profile import derive_tags, resolve
 from recsys.query import Filters, UserContext
 from serving.deps import InteractionsWriterDep, PersonalReaderDep, ServedDep, Services, ServicesDep
+from serving.erasure import ERASED_DETAIL, ERASED_RESPONSE
 from serving.routers.recommendations import Id
 
 log = logging.getLogger(__name__)
@@ -36,21 +38,31 @@ router = APIRouter(prefix="/v1", tags=["user controls"])
 TagText = Annotated[str, Path(min_length=1, max_length=128, description="a tag key (category:戏曲) or its name (戏曲)")]
 PROFILE_LIST = 20
 """How many of the resident's current list items ``in_recommendations`` is measured on."""
-ERASED_DETAIL = "this user was erased on request; nothing is kept for them"
-ERASED = {409: {"description": "the user was erased on request", "content": {"application/json": {
-    "example": {"detail": ERASED_DETAIL}}}}}
 
 
 class SettingsChange(BaseModel):
     """What to change; a setting not given keeps its value."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"personalized": False}]})
+    # The schema states what the validator below checks (at least one setting, none of them null),
+    # so a client generated from it cannot build a body the server refuses.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"personalized": False}],
+                                                                 "minProperties": 1})
 
-    personalized: StrictBool | None = Field(
+    personalized: StrictBool | SkipJsonSchema[None] = Field(
         None, description="false: lists no longer use the resident's characteristics (history, district, "
                           "age band): city-wide popularity and editorial picks")
-    senior_mode: StrictBool | None = Field(
+    senior_mode: StrictBool | SkipJsonSchema[None] = Field(
         None, description="for 60+ residents: favour nearby, daytime, free and digital items")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        # "not given" keeps a setting; a null would be a third value the schema does not offer
+        if isinstance(data, dict):
+            for name in ("personalized", "senior_mode"):
+                if name in data and data[name] is None:
+                    raise ValueError(f"{name}: give true or false, or leave it out")
+        return data
 
     @model_validator(mode="after")
     def _something(self) -> SettingsChange:
@@ -96,7 +108,7 @@ async def get_settings(user_id: Id, _: PersonalReaderDep, svc: ServicesDep) -> U
     return UserSettings(user_id=user_id, **state.settings())
 
 
-@router.put("/users/{user_id:id}/settings", response_model=UserSettings, responses=ERASED)
+@router.put("/users/{user_id:id}/settings", response_model=UserSettings, responses=ERASED_RESPONSE)
 def put_settings(user_id: Id, change: SettingsChange, _: InteractionsWriterDep, svc: ServicesDep) -> UserSettings:
     """Switch personalisation or senior mode; holds from the next request on, in every worker."""
     values = change.model_dump(exclude_none=True)
@@ -122,7 +134,7 @@ def get_profile(user_id: Id, _: PersonalReaderDep, served: ServedDep, svc: Servi
 
 
 @router.delete("/users/{user_id:id}/profile/tags/{tag}", response_model=TagChanged,
-               responses={404: {"description": "no such tag in the catalogue"}, **ERASED})
+               responses={404: {"description": "no such tag in the catalogue"}, **ERASED_RESPONSE})
 def remove_tag(user_id: Id, tag: TagText, _: InteractionsWriterDep, served: ServedDep,
                svc: ServicesDep) -> TagChanged:
     """Remove a tag: its items leave the resident's lists and its history stops driving them,
@@ -131,7 +143,7 @@ def remove_tag(user_id: Id, tag: TagText, _: InteractionsWriterDep, served: Serv
 
 
 @router.put("/users/{user_id:id}/profile/tags/{tag}", response_model=TagChanged,
-            responses={404: {"description": "no such tag in the catalogue"}, **ERASED})
+            responses={404: {"description": "no such tag in the catalogue"}, **ERASED_RESPONSE})
 def declare_tag(user_id: Id, tag: TagText, _: InteractionsWriterDep, served: ServedDep,
                 svc: ServicesDep) -> TagChanged:
     """Declare an interest (a new resident may pick theirs); a removed tag is restored."""

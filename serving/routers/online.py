@@ -11,12 +11,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
 
+from recsys import attribution
 from serving.deps import AdminDep, ServicesDep
 from serving.online_metrics import OnlineReportFile, OnlineReportMissing
 
 router = APIRouter(tags=["online"])
 
-SEGMENT_TYPES = ("all", "area_type", "age_band", "district")
+SEGMENT_TYPES = ("all", *attribution.SEGMENT_TYPES)
 
 _FILES: dict[str, OnlineReportFile] = {}
 """One reader per home, so its parsed summary is cached across requests."""
@@ -31,7 +32,8 @@ def _file(directory: Any) -> OnlineReportFile:
 
 @router.get("/v1/online/metrics", responses={404: {"description": "no online report yet"}})
 def online_metrics(svc: ServicesDep, _: AdminDep,
-                   segment_type: Annotated[str, Query(description=f"one of {', '.join(SEGMENT_TYPES)}")] = "all",
+                   segment_type: Annotated[str, Query(description=f"one of {', '.join(SEGMENT_TYPES)}",
+                                                      pattern=f"^({'|'.join(SEGMENT_TYPES)})$")] = "all",
                    model_version: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, Any]:
     """Totals per model version x variant over the report's window, and its cells of one segment type per day."""
     if segment_type not in SEGMENT_TYPES:

@@ -27,6 +27,7 @@ from recsys.catalog import Catalog
 from recsys.requests import Request as ResidentRequest
 from recsys.requests import RequestIn, parse_request
 from serving.deps import InteractionsWriterDep, PersonalReaderDep, ServedDep, ServicesDep
+from serving.erasure import ERASED_DETAIL, ERASED_RESPONSE
 from serving.request_book import RequestBook, book_of, new_request_id
 from serving.routers.recommendations import Id
 
@@ -81,7 +82,8 @@ _EXAMPLE = {"user_id": "u000042", "region_code": "110116", "category": "戏曲",
 
 
 @router.post("/requests", response_model=RequestOut, status_code=status.HTTP_201_CREATED,
-             responses={200: {"description": "the same request was made within the window: the earlier one"}},
+             responses={200: {"description": "the same request was made within the window: the earlier one"},
+                        **ERASED_RESPONSE},
              openapi_extra={"requestBody": {"content": {"application/json": {
                  "schema": RequestIn.model_json_schema(), "example": _EXAMPLE}}}})
 def post_request(key: InteractionsWriterDep, body: Annotated[Any, Body()], request: Request, response: Response,
@@ -95,13 +97,13 @@ def post_request(key: InteractionsWriterDep, body: Annotated[Any, Body()], reque
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")  # pydantic's wrapper of a rule's own message
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            detail=f"{where}: {error['msg']}" if where else error["msg"]) from exc
+                            detail=f"{where}: {message}" if where else message) from exc
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     if made.user_id in svc.erased:
-        raise HTTPException(status.HTTP_409_CONFLICT,
-                            detail="this user was erased on request; their requests are not kept")
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=ERASED_DETAIL)
     book = book_of(request)
     try:
         kept, new = book.add(made)
