@@ -21,7 +21,7 @@ and the same with API keys and rate limits on vs off.
    is measured is the cost of checking); the servers alternate ``--rounds`` times, so drift
    in what else the machine runs falls on both. Prints the on/off ratios (target >= 0.9).
 5. ``--compare exposures`` instead compares exposure logging (every served list appended and
-   fsynced by group commit before its answer, :mod:`serving.exposures`) off and on, trust
+   written before its answer and fsynced within 0.2 s, :mod:`serving.exposures`) off and on, trust
    boundary off in both, alternating the same way (target: throughput ratio >= 0.9).
 """
 
@@ -368,7 +368,7 @@ def compare_exposures(args: argparse.Namespace, bundle: Path, users: list[str]) 
             runs[name].append(measure(args, bundle, users, logging_env, None))
     off, on = mean_figures(runs["off"]), mean_figures(runs["on"])
     report(off, args, "exposure logging off")
-    report(on, args, "exposure logging on (group-committed fsync before each answer)")
+    report(on, args, "exposure logging on (written before each answer, fsynced within 0.2 s)")
     a, b = off["recommendations"], on["recommendations"]
     sys.stdout.write(f"exposure logging on / off: throughput {b['rps']:.0f} / {a['rps']:.0f} req/s = "
                      f"{b['rps'] / a['rps']:.3f}, p99 {b['p99_ms']:.2f} / {a['p99_ms']:.2f} ms, server CPU per "

@@ -136,8 +136,8 @@ class ServingSettings(BaseSettings):
                     "full scoring. 0 = never compute",
     )
     exposure_log: bool = Field(
-        True, description="record every served list (an exposure line, fsynced by group commit before the "
-                          "answer) in store/exposures_incoming/ for online metrics and A/B tests",
+        True, description="record every served list (an exposure line written before the answer, "
+                          "fsynced within 0.2 s) in store/exposures_incoming/ for online metrics and A/B tests",
     )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="largest request body accepted (bytes)")
     cors_origins: str = Field(

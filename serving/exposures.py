@@ -1,4 +1,4 @@
-"""Served lists on record: one compact exposure line per list, durable before the list is answered.
+"""Served lists on record: one compact exposure line per list, written before the list is answered.
 
 Every list answer (user, region, similar) carries an opaque ``recommendation_id``; the same id
 heads the exposure record this module appends to the process's own segment in
@@ -7,22 +7,25 @@ process, an exclusive ``flock`` for its life, a failed write cut back to the las
 batch). ``recsys ingest`` folds the lines into ``store/exposures/date=YYYY-MM-DD/``
 (:mod:`features.ingest.exposures`).
 
-Group commit: a request hands its record to one writer thread and waits for it; the thread
-writes everything that queued up while the previous ``fsync`` ran in one ``write`` and one
-``fsync``. So an answered list is on disk (a SIGKILL right after the answer loses nothing),
-while under load the fsync cost is shared by the whole batch instead of paid per request.
-A record that cannot be written fails its request (503), as a posted interaction does: a
-list the engine could not record is not served.
+Written before the answer, synced just after: a request appends its record to the segment
+itself (one small ``write`` under a lock) before its list is answered, so a crash of the
+server process (SIGKILL included) loses no answered list: the bytes are in the kernel's page
+cache. One flusher thread ``fsync``s the segment at most :data:`SYNC_SECONDS` after a write,
+so a power loss or kernel crash can lose the records of that last moment. That is a chosen
+trade: exposure records measure the engine, while posted interactions (a resident's own
+action) are fsynced before their answer. Waiting for an ``fsync`` on every list cost 15% of
+the API's throughput in ``experiments/bench_serve.py --compare exposures``; this costs
+about the JSON encoding of one line. A record that cannot be written fails its request
+(503), as a posted interaction does: a list the engine could not record is not served.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +36,9 @@ from serving.segments import SegmentWriter
 log = logging.getLogger(__name__)
 
 WAIT_SECONDS = 30.0
-"""Longest a thread-pool handler waits for its record to reach the disk before giving up."""
+"""Longest :meth:`ExposureLog.close` waits for the flusher's last sync."""
+SYNC_SECONDS = 0.2
+"""At most this long after a list is answered, its record is fsynced."""
 
 
 @dataclass(frozen=True)
@@ -71,76 +76,61 @@ def exposure_record(*, recommendation_id: str, endpoint: str, model_version: str
 
 
 class ExposureLog:
-    """The exposure segment of this server process, written by one group-committing thread."""
+    """The exposure segment of this server process: written by each request, synced by one thread."""
 
     def __init__(self, directory: Path, *, enabled: bool = True) -> None:
         self.enabled = enabled
         self.writer = SegmentWriter(directory)
-        self._pending: list[tuple[Mapping[str, Any], Future[None]]] = []
         self._wake = threading.Condition()
+        self._dirty = False
         self._thread: threading.Thread | None = None
         self._closing = False
         self.batches = 0
-        """Writes (each one ``fsync``) made so far: fewer than records under concurrent load."""
+        """``fsync`` calls made so far: fewer than records under load (one per :data:`SYNC_SECONDS`)."""
         self.records = 0
 
     @property
     def directory(self) -> Path:
         return self.writer.directory
 
-    def submit(self, record: Mapping[str, Any]) -> Future[None]:
-        """Queue one record; the future resolves once it is on disk (at once when logging is off)."""
-        done: Future[None] = Future()
-        if not self.enabled:
-            done.set_result(None)
-            return done
-        with self._wake:
-            if self._closing:
-                done.set_exception(OSError("the exposure log is closed"))
-                return done
-            self._pending.append((record, done))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="exposure-log", daemon=True)
-                self._thread.start()
-            self._wake.notify()
-        return done
-
     async def record(self, record: Mapping[str, Any]) -> None:
-        """Append and wait for the disk without blocking the event loop (raises OSError on failure)."""
-        if not self.enabled:
-            return
-        await asyncio.wrap_future(self.submit(record))
+        """Append before the answer (raises OSError on failure); the flusher syncs it soon after."""
+        self.record_blocking(record)
 
     def record_blocking(self, record: Mapping[str, Any]) -> None:
-        """:meth:`record` for a handler running in the thread pool."""
-        if self.enabled:
-            self.submit(record).result(timeout=WAIT_SECONDS)
+        """:meth:`record`, callable from any thread (the write is one short append under a lock)."""
+        if not self.enabled:
+            return
+        self.writer.append((record,), sync=False)  # the writer cuts a failed write back
+        with self._wake:
+            self.records += 1
+            self._dirty = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="exposure-sync", daemon=True)
+                self._thread.start()
+            self._wake.notify()
 
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._pending and not self._closing:
+                while not self._dirty and not self._closing:
                     self._wake.wait()
-                batch, self._pending = self._pending, []
-                if not batch and self._closing:
+                if not self._dirty and self._closing:
                     return
-            self._write(batch)
+                self._dirty = False
+            self._sync()
+            time.sleep(SYNC_SECONDS)  # writes of the next moment share the next fsync
 
-    def _write(self, batch: list[tuple[Mapping[str, Any], Future[None]]]) -> None:
+    def _sync(self) -> None:
         try:
-            self.writer.append(record for record, _ in batch)
-        except OSError as exc:  # nothing of the batch is kept (the writer cut the file back)
-            log.exception("could not record %d served lists", len(batch))
-            for _, done in batch:
-                done.set_exception(exc)
+            self.writer.sync()
+        except OSError:
+            log.exception("could not sync the exposure segment %s", self.writer.path)
             return
         self.batches += 1
-        self.records += len(batch)
-        for _, done in batch:
-            done.set_result(None)
 
     def close(self) -> None:
-        """Write what is queued, stop the thread and close the segment. The log opens again on
+        """Sync what is written, stop the thread and close the segment. The log opens again on
         the next record: an app's lifespan may run more than once in one process."""
         with self._wake:
             self._closing = True
@@ -148,6 +138,7 @@ class ExposureLog:
             thread = self._thread
         if thread is not None:
             thread.join(timeout=WAIT_SECONDS)
+        self._sync()
         self.writer.close()
         with self._wake:
             self._closing, self._thread = False, None

@@ -42,8 +42,9 @@ class SegmentWriter:
         self._size = 0
         self._lock = threading.Lock()
 
-    def append(self, records: Iterable[Mapping[str, Any]]) -> int:
-        """Durably append one JSON line per record; returns the file size after the batch."""
+    def append(self, records: Iterable[Mapping[str, Any]], *, sync: bool = True) -> int:
+        """Append one JSON line per record (durably: fsynced, unless ``sync`` is false, when
+        :meth:`sync` does it later); returns the file size after the batch."""
         payload = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
         data = payload.encode("utf-8")
         if not data:
@@ -54,7 +55,8 @@ class SegmentWriter:
                 written = 0
                 while written < len(data):  # os.write may write less than asked
                     written += os.write(fd, data[written:])
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
             except OSError:
                 self._cut_back(fd)
                 raise
@@ -84,6 +86,12 @@ class SegmentWriter:
             os.fsync(fd)
         except OSError:
             log.exception("could not cut %s back to %d bytes after a failed write", self.path, self._size)
+
+    def sync(self) -> None:
+        """Make every line appended so far durable (raises OSError when the disk refuses)."""
+        with self._lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
 
     def close(self) -> None:
         with self._lock:

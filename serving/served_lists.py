@@ -2,7 +2,7 @@
 
 A list answer carries ``recommendation_id`` (opaque, unique) and ``variant`` (``champion``, or
 ``challenger`` for a user an A/B test assigns to it: :mod:`serving.experiment`). The exposure
-record (:mod:`serving.exposures`) is on disk before the handler answers; a list that cannot be
+record (:mod:`serving.exposures`) is written before the handler answers; a list that cannot be
 recorded is a 503, as a posted interaction that cannot be stored is.
 """
 
@@ -42,7 +42,7 @@ def _record_of(svc: Services, endpoint: str, version: str, variant: str, result:
 
 async def record_list(svc: Services, endpoint: str, version: str, variant: str, result: RecommendationList,
                       page: Page, query: BaseModel, **target: str | None) -> ListName:
-    """Name the list and wait (off the event loop) until its exposure record is on disk."""
+    """Name the list and write its exposure record (synced by the log's flusher soon after)."""
     name, record = _record_of(svc, endpoint, version, variant, result, page, query, **target)
     try:
         await svc.exposures.record(record)

@@ -1,4 +1,4 @@
-"""Served lists on record: ids in every list answer, one durable exposure line per list, group commit."""
+"""Served lists on record: ids in every list answer, one exposure line per list, fsyncs shared."""
 
 from __future__ import annotations
 
