@@ -1,4 +1,4 @@
-"""Residents control their recommendations (issue 18), in-process and on files.
+"""Residents control their recommendations, in-process and on files.
 
 On a bundle of the planted rules data whose catalogue has ``min_age`` 18 items and an
 editorial pool: the minors rule in the API (both paths), batch and evaluation; editorial

@@ -1,4 +1,4 @@
-"""Residents' controls on the trained demo cloud, through ``recsys serve --workers 2`` (issue 18).
+"""Residents' controls on the trained demo cloud, through ``recsys serve --workers 2``.
 
 With personalisation off, a resident with a strong 戏曲 history gets the list of an anonymous
 caller of no district from both workers, and still after a restart of the server; deleting
