@@ -34,8 +34,7 @@ from recsys.query import Filters
 from recsys.ranking import top_k
 from recsys.settings import AnnSettings, EngineSettings
 from recsys.users import UserTable
-from tests.demo_store import copy_home, train_cli
-from tests.robustness_fixtures import SMALL_DEMO
+from tests.demo_store import copy_home, stored_items, train_cli
 from training.batch import load_registered, recommend_batch
 
 N_ITEMS, DIM, CLUSTERS = 50_000, 32, 200
@@ -302,7 +301,7 @@ def test_training_stores_an_index_above_the_threshold_and_batch_uses_it(trained_
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     root = copy_home(trained_small_home, tmp_path / "home")
     home = EngineHome.at(root)
-    items = SMALL_DEMO.items  # every item of the small demo is in its catalog
+    items = stored_items(home).height  # every stored item (events and the menu's programmes) is in its catalog
     monkeypatch.setenv("RECSYS_ANN", f'{{"min_items": {items + 1}}}')  # the catalog is below the threshold: no index
     first = train_cli(root, "--model", "als", "--no-promote")
     assert load_registered(home, first["version"])[1].ann is None
