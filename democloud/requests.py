@@ -97,17 +97,20 @@ def menu_frame() -> pl.DataFrame:
 def without_opera(items: pl.DataFrame, users: pl.DataFrame) -> tuple[pl.DataFrame, str]:
     """The catalogue with one rural district offering no 戏曲, and that district's code.
 
-    The district is the rural one (most of its users rural) with the fewest located 戏曲 items,
-    the most seniors breaking ties; its 戏曲 items move to the nearest other district's centre
+    The district is the rural one (most of its users rural; in a demo too small to have one, the
+    most rural) with the fewest located 戏曲 items, the most seniors breaking ties; its 戏曲
+    items move to the nearest other district's centre
     (their residents still travelled to them, as residents of outer districts do).
     """
     rural = users.group_by("region_code").agg((pl.col("area_type") == "rural").mean().alias("rural"),
                                                (pl.col("age_band") == "60+").sum().alias("seniors"))
     opera = items.filter((pl.col("category") == OPERA) & pl.col("region_code").is_not_null()).group_by(
         "region_code").len()
-    ranked = (rural.filter(pl.col("rural") >= 0.5).join(opera, on="region_code", how="left")
-              .with_columns(pl.col("len").fill_null(0)).sort(["len", "seniors", "region_code"],
-                                                             descending=[False, True, False]))
+    # a rural district when there is one (a tiny demo may have none: then the most rural one)
+    ranked = (rural.join(opera, on="region_code", how="left")
+              .with_columns(pl.col("len").fill_null(0), (pl.col("rural") >= 0.5).alias("is_rural"))
+              .sort(["is_rural", "len", "seniors", "rural", "region_code"],
+                    descending=[True, False, True, True, False]))
     code = ranked["region_code"][0]
     here = next(d for d in DISTRICTS if d.code == code)
     others = [d for d in DISTRICTS if d.code != code]

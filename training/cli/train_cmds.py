@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -35,6 +36,9 @@ from training.cli.common import (
 )
 
 out = stdout_console()
+TABLE_WIDTH = 200
+"""Width the versions table may take whatever the console says: it keeps its natural width (about
+100 columns) instead of being squeezed on a narrow or absent terminal."""
 
 
 ModelName = StrEnum("ModelName", {name: name for name in MODELS})  # type: ignore[misc]
@@ -247,7 +251,9 @@ def _render_versions(rows: list[dict[str, Any]]) -> None:
         table.add_row(row["version"], ",".join(row["aliases"]), tags.get("model", ""),
                       tags.get("ndcg_at_10", "")[:6], tags.get("rural_urban_ndcg_ratio", "")[:5],
                       tags.get("online_click_through", "")[:6], created)
-    out.print(table)
+    # measured, not squeezed: on a narrow console (or none) rich would shrink the aliases to nothing;
+    # a wide table the terminal wraps still shows every alias whole
+    Console(soft_wrap=True, width=max(out.width, TABLE_WIDTH)).print(table)  # print(width=) is capped at the console's
 
 
 def recommend_cmd(
