@@ -104,6 +104,10 @@ class SimulationConfig:
     concurrency: int = 4
     model: ClickModel = field(default_factory=ClickModel)
     timeout: float = 30.0
+    at: str | None = None
+    """The moment the lists are asked for (the API's ``at``, ISO-8601); None: now. A demo cloud
+    whose events ended in the past is simulated at its last day, so what the lists may hold (and
+    so the verdict) does not drift with the calendar."""
 
 
 @dataclass(frozen=True)
@@ -235,7 +239,7 @@ def visit(client: httpx.Client, resident: Resident, config: SimulationConfig, rn
     from urllib.parse import quote
 
     answer = client.get(f"/v1/users/{quote(resident.user_id, safe='')}/recommendations",
-                        params={"n": config.list_size})
+                        params={"n": config.list_size, **({"at": config.at} if config.at else {})})
     if answer.status_code != 200:
         log.warning("list of %s: %d %s", resident.user_id, answer.status_code, answer.text[:200])
         return Visit(resident.user_id, None, Counter(failed_lists=1))
@@ -307,6 +311,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimulationConfig, boo
     parser.add_argument("--position-decay", type=float, default=ClickModel.position_decay)
     parser.add_argument("--click-base", type=float, default=ClickModel.click_base)
     parser.add_argument("--click-gain", type=float, default=ClickModel.click_gain)
+    parser.add_argument("--at", default=None, help="ISO-8601 moment the lists are for (default now)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
     if args.users < 1 or args.days < 1 or not 0 < args.visit_rate <= 1 or args.concurrency < 1:
@@ -314,7 +319,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimulationConfig, boo
     model = ClickModel(position_decay=args.position_decay, click_base=args.click_base, click_gain=args.click_gain)
     config = SimulationConfig(url=args.url, api_key=args.api_key, home=args.home, ground_truth=args.ground_truth,
                               users=args.users, days=args.days, seed=args.seed, list_size=args.list_size,
-                              visit_rate=args.visit_rate, concurrency=args.concurrency, model=model)
+                              visit_rate=args.visit_rate, concurrency=args.concurrency, model=model, at=args.at)
     return config, args.json
 
 
