@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import warnings
 
 import typer
 
@@ -49,6 +50,8 @@ def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debu
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
         for noisy in ("mlflow", "alembic", "faiss", "optuna", "py4j"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # MLflow's model-signature hints address notebook users, not an operator's retrain
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
 
 
 _register_all()
